@@ -1,0 +1,39 @@
+# Two entry points do all set-up on a fresh machine:
+#   make demo   -> virtual environment, pinned CPU torch (or the torch you already have), the project, a demo run
+#   make test   -> the same set-up, then the test suite
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_PIN ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEMO_DIR ?= work/demo
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+# A torch already importable by $(PYTHON) (say a CUDA build on a GPU machine) is kept by
+# letting the venv see the system site-packages; otherwise the pinned CPU wheel is installed,
+# so pip never resolves a bare `torch` to several GB of CUDA packages.
+$(VENV)/.installed: pyproject.toml Makefile
+	@if $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
+		echo "keeping the torch of $(PYTHON): $$($(PYTHON) -c 'import torch; print(torch.__version__)')"; \
+		$(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+		$(PYTHON) -m venv $(VENV); \
+	fi
+	$(PIP) install -q --upgrade pip
+	$(PY) -c "import torch" >/dev/null 2>&1 || $(PIP) install -q "$(TORCH_PIN)"
+	$(PIP) install -q -e ".[dev,transformers]"
+	# DeepSpeed ships only an sdist: build it against the torch above, never an isolated one.
+	$(PIP) install -q --no-build-isolation "deepspeed>=0.14"
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/aam-search demo --workdir $(DEMO_DIR)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) work

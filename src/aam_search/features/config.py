@@ -1,0 +1,98 @@
+"""The feature-extraction config: what to encode, with which encoder, and where to cache it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message names the file and field."""
+
+
+class EncoderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "tiny3d"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClipConfig(BaseModel):
+    """Clip sampling a user may choose. Frame size and normalisation come from the encoder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_frames: int | None = Field(default=None, ge=1, description="T; default: the encoder's")
+    stride: int = Field(default=2, ge=1)
+    train_clips: int | None = Field(default=None, ge=1, description="None: all non-overlapping")
+    eval_clips: int = Field(default=5, ge=1)
+    static_clips: int = Field(default=2, ge=1)
+
+
+class ExtractConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: Path
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    clips: ClipConfig = Field(default_factory=ClipConfig)
+    cache_root: Path = Path("work/cache")
+    batch_size: int = Field(default=32, ge=1, description="clips per encoder forward pass")
+    shard_videos: int = Field(default=64, ge=1, description="videos per resumable shard")
+    decode_workers: int = Field(default=2, ge=1)
+    decode_threads: int = Field(default=1, ge=1, description="decord threads per worker")
+    decode_timeout_s: float = Field(default=60.0, gt=0)
+    strict: bool = False
+    seed: int = 0
+
+    @field_validator("manifest", "cache_root")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem, each naming the dotted field path."""
+    lines = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        lines.append(f"{source}: field '{field}': {problem['msg']}")
+    return "\n".join(lines)
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config ({error.strerror or error})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def load_extract_config(path: str | Path, **overrides: Any) -> ExtractConfig:
+    """Load an extraction config; relative paths in it are relative to the file's folder."""
+    path = Path(path)
+    data = load_yaml_mapping(path)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = ExtractConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, str(path))) from None
+    base = path.parent
+    updates = {}
+    for field in ("manifest", "cache_root"):
+        value = getattr(config, field)
+        if not value.is_absolute() and field not in overrides:
+            updates[field] = base / value
+    return config.model_copy(update=updates)
