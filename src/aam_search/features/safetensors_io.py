@@ -166,7 +166,7 @@ def read_header(path: str | Path) -> tuple[dict[str, dict], dict[str, str], int]
 
 
 def mmap_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Open every tensor of a safetensors file memory-mapped and read-only (no copy)."""
+    """Open every tensor of a safetensors file memory-mapped (no copy; writes stay private)."""
     header, _, data_start = read_header(path)
     tensors: dict[str, torch.Tensor] = {}
     for name, entry in header.items():
@@ -176,20 +176,9 @@ def mmap_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         if end == begin:
             tensors[name] = torch.from_numpy(np.zeros(shape, dtype=dtype))
             continue
-        array = np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape)
-        # torch warns on read-only buffers; the tensors are documented as read-only.
-        with _quiet_non_writable():
-            tensors[name] = torch.from_numpy(array)
+        # Copy-on-write: pages are shared with the file until written; a write (which
+        # on a read-only mapping would crash the process) stays private and never
+        # reaches the cache on disk.
+        array = np.memmap(path, dtype=dtype, mode="c", offset=data_start + begin, shape=shape)
+        tensors[name] = torch.from_numpy(array)
     return tensors
-
-
-class _quiet_non_writable:
-    def __enter__(self) -> None:
-        import warnings
-
-        self._catch = warnings.catch_warnings()
-        self._catch.__enter__()
-        warnings.filterwarnings("ignore", message=".*not writable.*")
-
-    def __exit__(self, *exc: object) -> None:
-        self._catch.__exit__(*exc)
