@@ -1,0 +1,141 @@
+"""The AAM's three losses and how they combine.
+
+``L = w_LC * L_LC + w_T * L_T - w_B * L_B``: latent consistency keeps f_A near the
+encoder's manifold, task co-training keeps utility, and the SimCLR NT-Xent between two
+static clips of the same video (L_B) is MAXIMISED so appearance no longer identifies a
+video. The adversarial variant (SPAct / TeD-SPAD style) instead lets a projector minimise
+L_B while the adapter maximises it; ``privacy_views`` serves both sides of that game.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aam_search.trainer.model import mean_pool
+
+UNLABELLED = -1  # target value of a row that has no label for a task
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
+    """SimCLR NT-Xent over two views ``[B, P]``; row i of z1 and row i of z2 are positives.
+
+    All other 2B - 2 rows are negatives; the loss is averaged over all 2B anchors.
+    """
+    if z1.dim() != 2 or z1.shape != z2.shape:
+        raise ValueError(
+            f"nt_xent needs two [batch, dim] views of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
+    batch = z1.shape[0]
+    if batch < 2:
+        raise ValueError(f"nt_xent needs batch >= 2 (other videos are the negatives), got {batch}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
+    logits = z @ z.T / temperature
+    self_mask = torch.eye(2 * batch, dtype=torch.bool, device=z.device)
+    # -inf rather than a large negative: exp(-inf) is exactly 0 in any dtype.
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    index = torch.arange(batch, device=z.device)
+    positives = torch.cat([index + batch, index])
+    return F.cross_entropy(logits, positives)
+
+
+def latent_consistency(adapted: Tensor, raw: Tensor) -> Tensor:
+    """``||f_E(x) - f_A(f_E(x))||^2`` averaged over all elements; ``raw`` is a fixed target."""
+    if adapted.shape != raw.shape:
+        raise ValueError(f"adapted {tuple(adapted.shape)} and raw {tuple(raw.shape)} features differ in shape")
+    # Detached: the encoder is frozen, so the target must never receive a gradient.
+    return F.mse_loss(adapted, raw.detach())
+
+
+def task_loss(
+    logits: dict[str, Tensor],
+    targets: dict[str, Tensor],
+    weights: dict[str, float] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted sum over tasks of cross-entropy on the labelled rows (target != -1).
+
+    A task with no labelled row in the batch contributes an exact 0 (not NaN), still
+    attached to the graph so ``backward`` works. Returns ``(total, per_task)``.
+    """
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(logits))
+    if unknown:
+        raise ValueError(f"task weights name unknown tasks {unknown}; tasks are {sorted(logits)}")
+    per_task: dict[str, Tensor] = {}
+    total: Tensor | None = None
+    for task, task_logits in logits.items():
+        if task not in targets:
+            raise KeyError(f"no targets for task {task!r}; targets have {sorted(targets)}")
+        target = targets[task].long()
+        labelled = (target != UNLABELLED).sum()
+        summed = F.cross_entropy(task_logits, target, ignore_index=UNLABELLED, reduction="sum")
+        # Divide on device (clamped) rather than branching on a host-side count: no sync.
+        loss = summed / labelled.clamp(min=1)
+        per_task[task] = loss
+        weighted = weights.get(task, 1.0) * loss
+        total = weighted if total is None else total + weighted
+    if total is None:
+        total = torch.zeros(())
+    return total, per_task
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Paper defaults: w_LC = 100, w_T = 1, w_B = 1."""
+
+    lc: float = 100.0
+    task: float = 1.0
+    privacy: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("lc", "task", "privacy"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss weight {name} must be >= 0, got {getattr(self, name)}")
+
+
+def total_loss(l_lc: Tensor, l_task: Tensor, l_privacy: Tensor, weights: LossWeights) -> Tensor:
+    """``w_LC * L_LC + w_T * L_T - w_B * L_B``: minus because the adapter MAXIMISES L_B."""
+    return weights.lc * l_lc + weights.task * l_task - weights.privacy * l_privacy
+
+
+def privacy_views(
+    adapter: nn.Module,
+    projector: nn.Module,
+    static_a: Tensor,
+    static_b: Tensor,
+    temperature: float = 0.1,
+    detach_adapter: bool = False,
+) -> Tensor:
+    """NT-Xent between projected, pooled, adapted features of two static clips per video.
+
+    The adversarial loop calls it twice: once with ``detach_adapter=True`` to step the
+    projector (which minimises it, without building the adapter's graph), and once to
+    step the adapter (which maximises it through ``total_loss``).
+    """
+    if static_a.shape != static_b.shape:
+        raise ValueError(f"static views differ in shape: {tuple(static_a.shape)} vs {tuple(static_b.shape)}")
+    batch = static_a.shape[0]
+    both = torch.cat([static_a, static_b], dim=0)  # one adapter pass for both views
+    if detach_adapter:
+        with torch.no_grad():
+            adapted = adapter(both)
+    else:
+        adapted = adapter(both)
+    projected = projector(mean_pool(adapted))
+    return nt_xent(projected[:batch], projected[batch:], temperature)
+
+
+__all__ = [
+    "UNLABELLED",
+    "LossWeights",
+    "latent_consistency",
+    "nt_xent",
+    "privacy_views",
+    "task_loss",
+    "total_loss",
+]

@@ -1,0 +1,173 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from aam_search.trainer.losses import (
+    LossWeights,
+    latent_consistency,
+    nt_xent,
+    privacy_views,
+    task_loss,
+    total_loss,
+)
+from aam_search.trainer.model import AdapterConfig, PrivacyProjector, build_adapter
+
+
+def _neg_log_softmax(positive: float, others: list[float]) -> float:
+    return -(positive - math.log(math.exp(positive) + sum(math.exp(o) for o in others)))
+
+
+# ---------------------------------------------------------------- nt_xent
+
+
+def test_nt_xent_matches_hand_computation():
+    # Unnormalised rows on purpose: nt_xent must L2-normalise them.
+    z1 = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    z2 = torch.tensor([[0.6, 0.8], [-0.8, 0.6]])
+    tau = 0.5
+    # Unit vectors v0=(1,0) v1=(0,1) v2=(.6,.8) v3=(-.8,.6); cosines by hand:
+    # v0.v1=0  v0.v2=.6  v0.v3=-.8  v1.v2=.8  v1.v3=.6  v2.v3=0. Positives: (0,2), (1,3).
+    s = 1 / tau
+    per_anchor = [
+        _neg_log_softmax(0.6 * s, [0.0 * s, -0.8 * s]),  # anchor v0: pos v2, neg v1, v3
+        _neg_log_softmax(0.6 * s, [0.0 * s, 0.8 * s]),  # anchor v1: pos v3, neg v0, v2
+        _neg_log_softmax(0.6 * s, [0.8 * s, 0.0 * s]),  # anchor v2: pos v0, neg v1, v3
+        _neg_log_softmax(0.6 * s, [-0.8 * s, 0.0 * s]),  # anchor v3: pos v1, neg v0, v2
+    ]
+    expected = sum(per_anchor) / 4
+    assert nt_xent(z1, z2, temperature=tau).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_nt_xent_aligned_is_low_and_swapped_positives_high():
+    eye = torch.eye(4)
+    aligned = nt_xent(eye, eye, temperature=0.1)
+    # Each anchor: positive cosine 1, six orthogonal negatives at 0.
+    assert aligned.item() == pytest.approx(_neg_log_softmax(10.0, [0.0] * 6), abs=1e-6)
+    swapped = nt_xent(eye, eye.roll(1, dims=0), temperature=0.1)
+    assert aligned.item() < 1e-3
+    assert swapped.item() > 5.0
+
+
+def test_nt_xent_symmetric_scale_invariant_and_temperature_sensitive():
+    generator = torch.Generator().manual_seed(0)
+    z1 = torch.randn(6, 5, generator=generator)
+    z2 = torch.randn(6, 5, generator=generator)
+    base = nt_xent(z1, z2)
+    torch.testing.assert_close(nt_xent(z2, z1), base)
+    scales = torch.tensor([[0.1], [3.0], [7.0], [0.5], [1.0], [20.0]])
+    torch.testing.assert_close(nt_xent(z1 * scales, z2 * scales.flip(0)), base)
+    assert abs(nt_xent(z1, z2, temperature=1.0).item() - base.item()) > 1e-2
+
+
+def test_nt_xent_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="batch >= 2"):
+        nt_xent(torch.randn(1, 4), torch.randn(1, 4))
+    with pytest.raises(ValueError, match="equal shape"):
+        nt_xent(torch.randn(3, 4), torch.randn(3, 5))
+    with pytest.raises(ValueError, match="temperature"):
+        nt_xent(torch.randn(3, 4), torch.randn(3, 4), temperature=0.0)
+
+
+def test_nt_xent_gradient_is_finite_despite_masked_diagonal():
+    z1 = torch.randn(4, 3, requires_grad=True)
+    nt_xent(z1, torch.randn(4, 3)).backward()
+    assert torch.isfinite(z1.grad).all() and z1.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- latent consistency
+
+
+def test_latent_consistency_is_elementwise_mse_and_never_moves_the_target():
+    raw = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]], requires_grad=True)
+    adapted = torch.tensor([[[1.0, 0.0], [3.0, 7.0]]], requires_grad=True)
+    loss = latent_consistency(adapted, raw)
+    assert loss.item() == pytest.approx((0 + 4 + 0 + 9) / 4)
+    loss.backward()
+    assert adapted.grad is not None and raw.grad is None
+    assert latent_consistency(raw, raw).item() == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        latent_consistency(torch.zeros(2, 3, 4), torch.zeros(2, 1, 4))
+
+
+# ---------------------------------------------------------------- task loss
+
+
+def test_task_loss_ignores_unlabelled_rows():
+    logits = torch.tensor([[2.0, 0.0], [9.0, -9.0], [0.5, 1.5]], requires_grad=True)
+    targets = torch.tensor([0, -1, 1])
+    total, per_task = task_loss({"action": logits}, {"action": targets})
+    expected = (_neg_log_softmax(2.0, [0.0]) + _neg_log_softmax(1.5, [0.5])) / 2
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+    assert per_task["action"].item() == pytest.approx(expected, rel=1e-5)
+    total.backward()
+    assert logits.grad[1].abs().sum() == 0  # the unlabelled row gets no gradient
+    assert logits.grad[0].abs().sum() > 0
+
+
+def test_task_loss_all_unlabelled_is_zero_and_backpropagates():
+    logits = torch.randn(4, 3, requires_grad=True)
+    total, per_task = task_loss({"task:scene": logits}, {"task:scene": torch.full((4,), -1)})
+    assert torch.isfinite(total) and total.item() == 0.0
+    assert per_task["task:scene"].item() == 0.0
+    total.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_task_loss_weights_sum_tasks():
+    action = torch.tensor([[1.0, 0.0]])
+    scene = torch.tensor([[0.0, 2.0, 0.0]])
+    targets = {"action": torch.tensor([0]), "task:scene": torch.tensor([2])}
+    logits = {"action": action, "task:scene": scene}
+    _, per_task = task_loss(logits, targets)
+    total, _ = task_loss(logits, targets, weights={"task:scene": 3.0})
+    assert per_task["action"].item() == pytest.approx(_neg_log_softmax(1.0, [0.0]), rel=1e-5)
+    assert per_task["task:scene"].item() == pytest.approx(_neg_log_softmax(0.0, [0.0, 2.0]), rel=1e-5)
+    assert total.item() == pytest.approx(per_task["action"].item() + 3 * per_task["task:scene"].item(), rel=1e-5)
+    with pytest.raises(ValueError, match="unknown tasks"):
+        task_loss(logits, targets, weights={"acton": 1.0})
+    with pytest.raises(KeyError, match="task:scene"):
+        task_loss(logits, {"action": targets["action"]})
+
+
+# ---------------------------------------------------------------- total loss
+
+
+def test_total_loss_maximises_privacy_term():
+    weights = LossWeights()
+    lc, task = torch.tensor(0.5), torch.tensor(2.0)
+    low = total_loss(lc, task, torch.tensor(1.0), weights)
+    high = total_loss(lc, task, torch.tensor(3.0), weights)
+    assert high.item() < low.item()  # a larger L_B lowers the total
+    assert low.item() == pytest.approx(100 * 0.5 + 2.0 - 1.0)
+    custom = total_loss(lc, task, torch.tensor(1.0), LossWeights(lc=0.0, task=2.0, privacy=0.5))
+    assert custom.item() == pytest.approx(4.0 - 0.5)
+    with pytest.raises(ValueError, match="privacy"):
+        LossWeights(privacy=-1.0)
+
+
+# ---------------------------------------------------------------- privacy views
+
+
+def _adapter_and_projector(dim: int = 8) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    return build_adapter(dim, AdapterConfig(layers=1, heads=2)), PrivacyProjector(dim, proj_dim=4)
+
+
+def test_privacy_views_is_nt_xent_of_projected_pooled_adapted_views():
+    adapter, projector = _adapter_and_projector()
+    nn.init.normal_(adapter.blocks[0].attn.out_proj.weight)  # make f_A non-trivial
+    a, b = torch.randn(3, 5, 8), torch.randn(3, 5, 8)
+    expected = nt_xent(projector(adapter(a).mean(1)), projector(adapter(b).mean(1)), temperature=0.2)
+    torch.testing.assert_close(privacy_views(adapter, projector, a, b, temperature=0.2), expected)
+
+
+def test_privacy_views_detach_adapter_only_trains_projector():
+    adapter, projector = _adapter_and_projector()
+    a, b = torch.randn(3, 5, 8), torch.randn(3, 5, 8)
+    privacy_views(adapter, projector, a, b, detach_adapter=True).backward()
+    assert all(p.grad is None for p in adapter.parameters())
+    assert all(p.grad is not None for p in projector.parameters())
+    privacy_views(adapter, projector, a, b).backward()
+    assert adapter.blocks[0].attn.out_proj.weight.grad.abs().sum() > 0
