@@ -7,7 +7,7 @@ import torch
 from aam_search.features.cache import CacheError, FeatureCache
 from aam_search.features.config import ClipConfig, EncoderConfig
 from aam_search.features.extract import ExtractionError, ExtractionInterrupted, extract_features
-from tests.features.conftest import make_config
+from tests.conftest import make_config
 
 
 @pytest.fixture(scope="module")

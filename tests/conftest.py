@@ -38,3 +38,12 @@ def make_config(manifest: Path, cache_root: Path, **changes) -> ExtractConfig:
                   clips=ClipConfig(stride=1), batch_size=8, shard_videos=4, decode_workers=1)
     values.update(changes)
     return ExtractConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def small_cache(small_dataset, tmp_path_factory):
+    """The extracted feature cache of ``small_dataset`` (tiny3d at 32 px, dim 32)."""
+    from aam_search.features.extract import extract_features
+
+    root = tmp_path_factory.mktemp("small-cache")
+    return extract_features(make_config(small_dataset, root), show_progress=False).cache

@@ -1,0 +1,107 @@
+"""The trial config: one YAML file fully describes one AAM training run.
+
+Every field is validated; errors name the dotted field. ``resolved()`` fills derived values
+(the linearly scaled learning rate) so that ``trial.json`` records what actually ran.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from aam_search.features.config import ConfigError, format_validation_error, load_yaml_mapping
+from aam_search.trainer.model import AdapterConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LossConfig(_Strict):
+    """``w_lc * L_LC + w_task * L_T - w_privacy * L_B``; paper defaults 100, 1, 1."""
+
+    w_lc: float = Field(default=100.0, ge=0)
+    w_task: float = Field(default=1.0, ge=0)
+    w_privacy: float = Field(default=1.0, ge=0)
+    temperature: float = Field(default=0.1, gt=0, description="NT-Xent tau (predecessor code: 0.1)")
+    privacy_objective: Literal["selfsup", "adversarial"] = "selfsup"
+    task_weights: dict[str, float] = Field(default_factory=dict, description="per task; default 1")
+    projector_dim: int = Field(default=128, ge=1, description="adversarial projection head width")
+
+
+class OptimConfig(_Strict):
+    """AdamW; lr scales linearly from ``base_lr`` at ``base_batch`` (the paper: 1e-4 at 512)."""
+
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=64, ge=2, description=">= 2: NT-Xent needs negatives")
+    lr: float | None = Field(default=None, gt=0, description="explicit lr; default: scaled base_lr")
+    base_lr: float = Field(default=1e-4, gt=0)
+    base_batch: int = Field(default=512, ge=1)
+    weight_decay: float = Field(default=0.05, ge=0)
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    head_pretrain_epochs: int = Field(default=30, ge=0, description="task heads on raw features first")
+    head_lr: float = Field(default=1e-3, gt=0)
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else self.base_lr * self.batch_size / self.base_batch
+
+
+class EvalConfig(_Strict):
+    split: Literal["val", "test"] = "val"
+    protocols: tuple[Literal["static", "clip"], ...] = ("static", "clip")
+    primary_protocol: Literal["static", "clip"] = "static"
+    attacker_epochs: int = Field(default=60, ge=1)
+    probe_epochs: int = Field(default=60, ge=1)
+
+    @model_validator(mode="after")
+    def _primary_is_measured(self) -> EvalConfig:
+        if self.primary_protocol not in self.protocols:
+            raise ValueError(f"primary_protocol {self.primary_protocol!r} is not in protocols {self.protocols}")
+        return self
+
+
+class GuardConfig(_Strict):
+    """When a run counts as diverged rather than merely bad."""
+
+    max_loss: float = Field(default=1e6, gt=0, description="|total loss| above this: diverged")
+    max_lc: float = Field(default=1e3, gt=0, description="L_LC above this: adapter left the manifold")
+
+
+class TrialConfig(_Strict):
+    cache: Path
+    seed: int = 0
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    deepspeed: Path | None = Field(default=None, description="DeepSpeed JSON config (ZeRO stage etc.)")
+    save_adapter: bool = True
+
+    def resolved(self) -> dict:
+        data = self.model_dump(mode="json")
+        data["optim"]["effective_lr"] = self.optim.effective_lr
+        return data
+
+
+def parse_trial_config(data: dict, source: str = "trial config") -> TrialConfig:
+    try:
+        return TrialConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from None
+
+
+def load_trial_config(path: str | Path) -> TrialConfig:
+    """Load a trial YAML; relative ``cache``/``deepspeed`` paths are relative to the file."""
+    path = Path(path)
+    config = parse_trial_config(load_yaml_mapping(path), str(path))
+    updates = {}
+    for field in ("cache", "deepspeed"):
+        value = getattr(config, field)
+        if value is not None and not value.is_absolute():
+            updates[field] = (path.parent / value).resolve()
+    return config.model_copy(update=updates)

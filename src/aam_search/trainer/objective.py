@@ -1,0 +1,79 @@
+"""One module that computes the AAM objective, so DDP and DeepSpeed wrap a single model.
+
+``phase="adapter"``: w_LC * L_LC + w_T * L_T - w_B * L_B, stepping the adapter and heads.
+``phase="projector"`` (adversarial objective only): the privacy projector minimises the
+same NT-Xent on detached adapter outputs. The training loop alternates the two phases.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from aam_search.trainer.losses import LossWeights, latent_consistency, nt_xent, task_loss, total_loss
+from aam_search.trainer.model import AnonymizingAdapter, PrivacyProjector, TaskHeads, mean_pool
+
+
+class AAMObjective(nn.Module):
+    def __init__(
+        self,
+        adapter: AnonymizingAdapter,
+        heads: TaskHeads,
+        projector: PrivacyProjector | None,
+        weights: LossWeights,
+        temperature: float,
+        task_weights: dict[str, float] | None = None,
+    ):
+        super().__init__()
+        self.adapter, self.heads, self.projector = adapter, heads, projector
+        self.weights, self.temperature = weights, temperature
+        self.task_weights = task_weights or {}
+
+    def forward(
+        self,
+        clips: Tensor,
+        static_a: Tensor,
+        static_b: Tensor,
+        pair_mask: Tensor,
+        targets: dict[str, Tensor],
+        phase: str = "adapter",
+    ) -> dict[str, Tensor]:
+        pairs = int(pair_mask.sum())
+        if phase == "projector":
+            return self._projector_phase(static_a[pair_mask], static_b[pair_mask])
+        batch = len(clips)
+        # One adapter pass over the clip and both static views.
+        adapted = self.adapter(torch.cat([clips, static_a, static_b]))
+        adapted_clips = adapted[:batch]
+        l_lc = latent_consistency(adapted_clips, clips)
+        l_task, per_task = task_loss(self.heads(adapted_clips), targets, self.task_weights)
+        if pairs >= 2:
+            view_a = mean_pool(adapted[batch : 2 * batch][pair_mask])
+            view_b = mean_pool(adapted[2 * batch :][pair_mask])
+            if self.projector is not None:
+                # The adapter must not train the projector: it sees it with frozen weights.
+                frozen = {name: p.detach() for name, p in self.projector.named_parameters()}
+                view_a = functional_call(self.projector, frozen, (view_a,))
+                view_b = functional_call(self.projector, frozen, (view_b,))
+            l_privacy = nt_xent(view_a, view_b, self.temperature)
+        else:  # too few pairs for negatives: no privacy signal this step
+            l_privacy = adapted.sum() * 0.0
+        loss = total_loss(l_lc, l_task, l_privacy, self.weights)
+        out = {"loss": loss, "l_lc": l_lc, "l_task": l_task, "l_privacy": l_privacy}
+        out.update({f"l_task/{name}": value for name, value in per_task.items()})
+        return out
+
+    def _projector_phase(self, static_a: Tensor, static_b: Tensor) -> dict[str, Tensor]:
+        if self.projector is None:
+            raise RuntimeError("projector phase needs the adversarial privacy objective")
+        with torch.no_grad():
+            adapted = self.adapter(torch.cat([static_a, static_b]))
+        pooled = mean_pool(adapted)
+        projected = self.projector(pooled)
+        half = len(static_a)
+        if half < 2:
+            loss = projected.sum() * 0.0
+        else:
+            loss = nt_xent(projected[:half], projected[half:], self.temperature)
+        return {"loss": loss, "l_projector": loss.detach()}

@@ -1,0 +1,291 @@
+"""The AAM training recipe: one trial, ``setup -> pretrain_heads -> train -> evaluate -> save``.
+
+Run as ``aam-search train --config trial.yaml --out DIR``, directly or under ``accelerate
+launch``. Accelerate handles devices, DDP and bf16; a DeepSpeed config in the trial adds
+ZeRO through Accelerate's DeepSpeed plugin (the visible addition in ``make_accelerator``).
+The trial reports only through files in DIR (see ``reporter``); only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aam_search.features.cache import FeatureCache
+from aam_search.trainer.baseline import evaluate_features, raw_baseline, summarize
+from aam_search.trainer.checkpoint import save_checkpoint
+from aam_search.trainer.config import TrialConfig
+from aam_search.trainer.data import TrainingData, task_num_classes
+from aam_search.trainer.heads import cotrained_accuracy, pretrain_heads
+from aam_search.trainer.losses import LossWeights
+from aam_search.trainer.model import PrivacyProjector, TaskHeads, build_adapter, count_parameters
+from aam_search.trainer.objective import AAMObjective
+from aam_search.trainer.reporter import ADAPTER_FILE, TrialReporter
+
+
+class TrialStopped(Exception):
+    """The run ended early for a reason that goes into result.json."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def make_accelerator(config: TrialConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    use_cuda = torch.cuda.is_available()
+    kwargs: dict[str, Any] = {
+        # On CPU every rank would otherwise think it is the main one; DeepSpeed brings its
+        # own CPU accelerator, and cpu=True would silently drop its plugin.
+        "cpu": not use_cuda and config.deepspeed is None,
+        "mixed_precision": "bf16" if use_cuda else "no",
+        # The projector phase leaves the adapter without gradients.
+        "kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)],
+    }
+    if config.deepspeed is not None:
+        from accelerate.utils import DeepSpeedPlugin
+
+        _single_process_env()
+        plugin = DeepSpeedPlugin(hf_ds_config=str(config.deepspeed))
+        ds = plugin.deepspeed_config
+        # "auto" values are normally filled from a DataLoader; ours is a custom sampler.
+        ds["train_micro_batch_size_per_gpu"] = config.optim.batch_size
+        ds.setdefault("gradient_accumulation_steps", 1)
+        if ds.get("gradient_accumulation_steps") == "auto":
+            ds["gradient_accumulation_steps"] = 1
+        if ds.get("gradient_clipping", "auto") == "auto":
+            ds["gradient_clipping"] = config.optim.grad_clip or 0.0
+        ds.pop("train_batch_size", None)
+        kwargs["deepspeed_plugin"] = plugin
+    return Accelerator(**kwargs)
+
+
+def _single_process_env() -> None:
+    """Run directly (not under a launcher), DeepSpeed would look for MPI to find its rank:
+    describe a world of one process instead, on a free loopback port."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if warmup_steps and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class AAMRecipe:
+    def __init__(self, config: TrialConfig, out_dir: str | Path):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.stop_signal: str | None = None
+        self.timings: dict[str, float] = {}
+        self.epochs_done = 0
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        from accelerate.utils import set_seed
+
+        started = time.perf_counter()
+        config = self.config
+        self.accelerator = make_accelerator(config)
+        self.reporter = TrialReporter(self.out_dir, enabled=self.accelerator.is_main_process)
+        self.reporter.trial(config.resolved())
+        set_seed(config.seed)
+        self.cache = FeatureCache.open(config.cache)
+        self.data = TrainingData(self.cache)
+        dim = self.cache.dim
+        self.adapter = build_adapter(dim, config.adapter)
+        self.heads = TaskHeads(dim, task_num_classes(self.cache))
+        projector = None
+        if config.loss.privacy_objective == "adversarial":
+            projector = PrivacyProjector(dim, config.loss.projector_dim)
+        self.timings["setup_s"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        pretrain_heads(self.heads, self.cache, epochs=config.optim.head_pretrain_epochs,
+                       lr=config.optim.head_lr, seed=config.seed)
+        self.timings["head_pretrain_s"] = time.perf_counter() - started
+
+        loss = config.loss
+        self.objective = AAMObjective(
+            self.adapter, self.heads, projector,
+            LossWeights(lc=loss.w_lc, task=loss.w_task, privacy=loss.w_privacy),
+            loss.temperature, loss.task_weights,
+        )
+        groups = [{"params": [*self.adapter.parameters(), *self.heads.parameters()], "name": "adapter"}]
+        if projector is not None:
+            groups.append({"params": list(projector.parameters()), "name": "projector"})
+        optimizer = torch.optim.AdamW(groups, lr=config.optim.effective_lr, weight_decay=config.optim.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(self.objective, optimizer)
+
+    # ------------------------------------------------------------------ train
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.stop_signal = signal.Signals(signum).name
+
+    def train(self) -> None:
+        config, accelerator = self.config, self.accelerator
+        optim = config.optim
+        steps_per_epoch = self.data.batches_per_epoch(optim.batch_size, accelerator.num_processes)
+        total_steps = steps_per_epoch * optim.epochs
+        warmup_steps = int(optim.warmup_epochs * steps_per_epoch)
+        adversarial = config.loss.privacy_objective == "adversarial"
+        phases = ("projector", "adapter") if adversarial else ("adapter",)
+        step = 0
+        train_started = time.perf_counter()
+        for epoch in range(optim.epochs):
+            epoch_started = time.perf_counter()
+            sums: dict[str, float] = {}
+            samples = 0
+            self.model.train()
+            for batch in self.data.batches(optim.batch_size, seed=config.seed, epoch=epoch,
+                                           rank=accelerator.process_index,
+                                           world_size=accelerator.num_processes):
+                batch = batch.to(accelerator.device)
+                lr = lr_at(step, total_steps, warmup_steps, optim.effective_lr)
+                for phase in phases:
+                    losses = self._step(batch, phase, lr)
+                    for name, value in losses.items():
+                        sums[name] = sums.get(name, 0.0) + value
+                self._check(losses, epoch, step)
+                samples += len(batch) * accelerator.num_processes
+                step += 1
+                if self.stop_signal:
+                    raise TrialStopped("terminated", f"received {self.stop_signal} in epoch {epoch}")
+            seconds = time.perf_counter() - epoch_started
+            metrics = {name: value / steps_per_epoch for name, value in sums.items()}
+            metrics.update(epoch=epoch, lr=lr, seconds=seconds, samples_per_s=samples / seconds)
+            self.reporter.epoch(metrics)
+            self.epochs_done = epoch + 1
+        self.timings["train_s"] = time.perf_counter() - train_started
+
+    def _step(self, batch, phase: str, lr: float) -> dict[str, float]:
+        for group in self.optimizer.param_groups:
+            # Alternating min-max: only the phase's own parameter group moves.
+            active = group.get("name", "adapter") == phase
+            group["lr"] = lr if active else 0.0
+        out = self.model(batch.clips, batch.static_a, batch.static_b, batch.pair_mask, batch.targets, phase=phase)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(out["loss"])
+        if self.config.optim.grad_clip and self.accelerator.distributed_type.value != "DEEPSPEED":
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        name = "loss" if phase == "adapter" else "l_projector"
+        values = {key: float(value.detach()) for key, value in out.items() if key != "loss"}
+        values[name] = float(out["loss"].detach())
+        return values
+
+    def _check(self, losses: dict[str, float], epoch: int, step: int) -> None:
+        guard = self.config.guard
+        flags = torch.tensor(
+            [
+                not all(math.isfinite(v) for v in losses.values()),
+                abs(losses.get("loss", 0.0)) > guard.max_loss or losses.get("l_lc", 0.0) > guard.max_lc,
+            ],
+            dtype=torch.float32,
+            device=self.accelerator.device,
+        )
+        flags = self.accelerator.reduce(flags, reduction="sum")  # every rank stops together
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(losses.items()))
+        if flags[0] > 0:
+            raise TrialStopped("failed", f"non-finite loss in epoch {epoch}, step {step} ({shown})")
+        if flags[1] > 0:
+            raise TrialStopped("diverged", f"loss diverged in epoch {epoch}, step {step} ({shown})")
+
+    # ------------------------------------------------------------------ evaluate and save
+    def evaluate(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        config = self.config
+        adapter = self.accelerator.unwrap_model(self.model).adapter.eval()
+        device = self.accelerator.device
+
+        def transform(tokens: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad(), self.accelerator.autocast():
+                return adapter(tokens.to(device)).float()
+
+        measured = evaluate_features(self.cache, transform, config.eval, seed=config.seed)
+        baseline = raw_baseline(self.cache, config.eval, seed=config.seed)
+        heads = self.accelerator.unwrap_model(self.model).heads.eval()
+        measured["cotrained_top1"] = cotrained_accuracy(heads, self.cache, transform, config.eval.split)
+        self.timings["eval_s"] = time.perf_counter() - started
+        return {
+            **summarize(measured, baseline, config.eval.primary_protocol),
+            "measured": measured,
+            "baseline": {"tasks": baseline["tasks"], "privacy": baseline["privacy"]},
+            "adapter_parameters": count_parameters(adapter),
+            "runtime": self._runtime(),
+        }
+
+    def _runtime(self) -> dict[str, Any]:
+        accelerator = self.accelerator
+        runtime = {
+            "distributed_type": accelerator.distributed_type.value,
+            "processes": accelerator.num_processes,
+            "device": str(accelerator.device),
+            "mixed_precision": accelerator.mixed_precision,
+        }
+        if hasattr(self.model, "zero_optimization_stage"):  # a DeepSpeed engine
+            runtime["zero_stage"] = int(self.model.zero_optimization_stage())
+        return runtime
+
+    def save(self) -> None:
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        save_checkpoint(
+            self.out_dir / ADAPTER_FILE,
+            unwrapped.adapter,
+            unwrapped.heads,
+            {"cache_key": self.cache.meta["key"], "action_classes": self.cache.meta["action_classes"],
+             "encoder": self.cache.meta["encoder"]},
+        )
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        status, reason, metrics = "completed", None, {}
+        try:
+            self.setup()
+            self.train()
+            if self.accelerator.is_main_process:
+                metrics = self.evaluate()
+                if self.config.save_adapter:
+                    self.save()
+            self.accelerator.wait_for_everyone()
+        except TrialStopped as stop:
+            status, reason = stop.status, stop.reason
+        except Exception as error:
+            status, reason = "failed", f"{type(error).__name__}: {error}"
+            self._report(status, reason, metrics, started)
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return self._report(status, reason, metrics, started)
+
+    def _report(self, status: str, reason: str | None, metrics: dict, started: float) -> dict[str, Any]:
+        self.timings["total_s"] = time.perf_counter() - started
+        result = {"status": status, "reason": reason, "epochs_done": self.epochs_done,
+                  "timings": self.timings, **metrics}
+        reporter = getattr(self, "reporter", None) or TrialReporter(self.out_dir)
+        reporter.result(status, reason, **{k: v for k, v in result.items() if k not in ("status", "reason")})
+        return result
+
+
+def run_trial(config: TrialConfig, out_dir: str | Path) -> dict[str, Any]:
+    return AAMRecipe(config, out_dir).run()
