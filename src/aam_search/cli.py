@@ -11,6 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from aam_search.cli_study import add_study_commands
+
 console = Console()
 errors = Console(stderr=True)
 
@@ -23,10 +25,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from aam_search.features.cache import CacheError
     from aam_search.features.config import ConfigError
     from aam_search.features.extract import ExtractionError
+    from aam_search.search.study import StudyNotFound
+    from aam_search.spaces import SpaceError
     from aam_search.trainer.checkpoint import CheckpointError
 
     return (ManifestError, ImportFormatError, EncoderError, CacheError, ConfigError, ExtractionError,
-            CheckpointError)
+            CheckpointError, SpaceError, StudyNotFound)
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -244,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="trial YAML")
     train.add_argument("--out", required=True, help="trial folder for trial.json, metrics.jsonl, ...")
     train.set_defaults(func=cmd_train)
+
+    add_study_commands(sub)
 
     demo = sub.add_parser("demo", help="run the main job on embedded defaults (synthetic dataset)")
     demo.add_argument("--workdir", default="work/demo")

@@ -1,0 +1,197 @@
+"""``aam-search start | worker | front | status | init``: the study commands (thin)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+STARTER_CONFIG = """\
+# aam-search study: search AAM loss weights and adapter sizes along the privacy-utility front.
+# Run it with:  aam-search start --config {path}
+name: {name}                      # the Optuna study name (and default work folder work/<name>)
+# workdir: work/{name}            # trials, the feature cache, optuna.db and mlflow.db live here
+# storage: postgresql://user@host/aam   # several machines: one study in PostgreSQL (default: SQLite)
+
+data:
+  manifest: {manifest}            # CSV: path, split, action, attr:*, task:*, group:* (see README)
+  # cache: path/to/ready/cache    # or a feature cache extracted earlier (then no manifest)
+  encoder:
+    name: tiny3d                  # tiny3d | videomae | my_module:factory
+    options: {{}}                   # videomae: {{model: MCG-NJU/videomae-base}} or a local path
+  clips: {{stride: 2, eval_clips: 5, static_clips: 2}}
+
+space: loss-weights               # loss-weights | adapter-size | paper | full | path/to/space.yaml
+objectives: [utility, leakage]    # also leakage:static, leakage:clip, task:<name>, params, combined
+# max_utility_drop: 0.01          # constraint: at most 1% relative utility drop against raw features
+sampler: tpe                      # tpe | nsga2 | nsga3 | gp | random | grid (with space: paper)
+seed: 0
+n_trials: 24
+enqueue_paper_default: true       # the paper's w_LC=100, w_T=1, w_B=1 runs first
+
+trial:                            # shared by every trial; the space overrides what it searches
+  optim: {{epochs: 20, batch_size: 64}}
+  eval: {{primary_protocol: static}}
+  # deepspeed: ds_zero2.json      # ZeRO through Accelerate's DeepSpeed plugin
+
+max_parallel: 1                   # concurrent trials on CPU (GPUs are found automatically)
+gpus_per_trial: 1
+trial_timeout_s: 3600
+max_retries: 1
+"""
+
+
+def _study_view():
+    from aam_search.search.live import StudyView
+
+    return StudyView(console)
+
+
+def _run(orchestrator) -> int:
+    from aam_search.search.live import front_table
+
+    with orchestrator.view:
+        orchestrator.prepare()
+        outcome = orchestrator.run()
+    trials = orchestrator.study.get_trials(deepcopy=False)
+    console.print(front_table(trials, orchestrator.config.objectives, title=f"Pareto front of {orchestrator.config.name}"))
+    console.print(f"{outcome.completed} completed, {outcome.failed} failed, hypervolume {outcome.hypervolume:.4f}")
+    if outcome.interrupted:
+        console.print("[yellow]stopped; run the same command again to resume[/]")
+        return 130
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from aam_search.search.config import load_study_config
+    from aam_search.search.orchestrator import Orchestrator
+
+    config = load_study_config(args.config)
+    return _run(Orchestrator(config, view=_study_view()))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from aam_search.search.config import parse_study_config
+    from aam_search.search.orchestrator import CONFIG_ATTR, Orchestrator
+    from aam_search.search.study import load_existing_study
+
+    study = load_existing_study(args.study, args.storage)
+    stored = dict(study.user_attrs.get(CONFIG_ATTR) or {})
+    if not stored:
+        raise SystemExit(f"study {args.study!r} was not started by aam-search start (no stored config)")
+    stored["storage"] = args.storage
+    if args.workdir:
+        stored["workdir"] = args.workdir
+    config = parse_study_config(stored, f"config stored in study {args.study!r}")
+    return _run(Orchestrator(config, view=_study_view(), worker=True))
+
+
+def _trial_rows(study, objectives: list[str], only_front: bool) -> list[dict[str, Any]]:
+    from aam_search.search.pareto import pareto_front
+
+    trials = pareto_front(study.get_trials(deepcopy=False), objectives) if only_front else [
+        t for t in study.get_trials(deepcopy=False) if "aam:discarded" not in t.user_attrs
+    ]
+    front = {t.number for t in pareto_front(study.get_trials(deepcopy=False), objectives)}
+    rows = []
+    for trial in trials:
+        row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name, "pareto": trial.number in front}
+        row.update(dict(zip(objectives, trial.values or [None] * len(objectives), strict=True)))
+        for key in ("leakage_reduction", "utility_drop", "combined_score", "aam:reason"):
+            row[key.removeprefix("aam:")] = trial.user_attrs.get(key)
+        row.update({f"param:{k}": v for k, v in trial.params.items()})
+        rows.append(row)
+    return rows
+
+
+def cmd_front(args: argparse.Namespace) -> int:
+    from aam_search.search.live import front_table
+    from aam_search.search.orchestrator import CONFIG_ATTR
+    from aam_search.search.study import load_existing_study
+
+    study = load_existing_study(args.study, args.storage)
+    objectives = (study.user_attrs.get(CONFIG_ATTR) or {}).get("objectives") or ["utility", "leakage"]
+    if args.format == "table":
+        console.print(front_table(study.get_trials(deepcopy=False), objectives, title=f"Pareto front of {args.study}"))
+        return 0
+    rows = _trial_rows(study, objectives, only_front=not args.all)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        buffer = io.StringIO()
+        columns = sorted({key for row in rows for key in row}, key=lambda k: (k.startswith("param:"), k))
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        print(buffer.getvalue(), end="")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from optuna.trial import TrialState
+
+    from aam_search.search.orchestrator import CONFIG_ATTR, HYPERVOLUME_ATTR
+    from aam_search.search.study import load_existing_study
+
+    study = load_existing_study(args.study, args.storage)
+    trials = [t for t in study.get_trials(deepcopy=False) if "aam:discarded" not in t.user_attrs]
+    config = study.user_attrs.get(CONFIG_ATTR) or {}
+    table = Table("state", "trials", title=f"study {args.study}")
+    for state in TrialState:
+        count = sum(t.state == state for t in trials)
+        if count:
+            table.add_row(state.name, str(count))
+    console.print(table)
+    history = study.user_attrs.get(HYPERVOLUME_ATTR) or []
+    console.print(f"budget {config.get('n_trials', '?')} trials; hypervolume "
+                  f"{history[-1][1] if history else 0.0:.4f} after {history[-1][0] if history else 0} completed")
+    for trial in trials:
+        if trial.state == TrialState.FAIL:
+            console.print(f"  trial {trial.number} failed: {trial.user_attrs.get('aam:reason', '?')}", soft_wrap=True)
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.out)
+    if path.exists() and not args.force:
+        raise SystemExit(f"{path} exists; pass --force to overwrite")
+    path.write_text(STARTER_CONFIG.format(path=path, name=args.name, manifest=args.manifest))
+    console.print(f"wrote {path}; edit data.manifest and run: aam-search start --config {path}")
+    return 0
+
+
+def add_study_commands(sub: argparse._SubParsersAction) -> None:
+    start = sub.add_parser("start", help="run (or resume) a study from a config")
+    start.add_argument("--config", required=True)
+    start.set_defaults(func=cmd_start)
+
+    worker = sub.add_parser("worker", help="join an existing study from this machine")
+    worker.add_argument("--study", required=True)
+    worker.add_argument("--storage", required=True, help="the study's SQLAlchemy URL (e.g. PostgreSQL)")
+    worker.add_argument("--workdir", help="where this worker keeps trial folders (default: the study's)")
+    worker.set_defaults(func=cmd_worker)
+
+    for name, func, helptext in (("front", cmd_front, "show the Pareto front"),
+                                 ("status", cmd_status, "show trial counts and failures")):
+        parser = sub.add_parser(name, help=helptext)
+        parser.add_argument("study")
+        parser.add_argument("--storage", help="default: SQLite in work/<study>")
+        if name == "front":
+            parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
+            parser.add_argument("--all", action="store_true", help="csv/json: every trial, not just the front")
+        parser.set_defaults(func=func)
+
+    init = sub.add_parser("init", help="write a commented starter study.yaml")
+    init.add_argument("--out", default="study.yaml")
+    init.add_argument("--name", default="my-study")
+    init.add_argument("--manifest", default="data/manifest.csv")
+    init.add_argument("--force", action="store_true")
+    init.set_defaults(func=cmd_init)

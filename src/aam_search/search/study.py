@@ -1,0 +1,185 @@
+"""The Optuna side: storage, sampler, directions, and the trial budget shared by workers.
+
+Budget: a *slot* is one configuration the study owes. A new trial takes a new slot (its
+own number); a retry of a crashed trial re-uses the slot of the trial it repeats (carried
+in the ``aam:slot`` user attribute, which Optuna's heartbeat retry copies along). Trial
+``n`` may start only if fewer than ``n_trials`` slots were opened by trials numbered below
+``n``; that depends only on earlier trial numbers, which the database hands out atomically,
+so workers racing for the last slot can never overshoot the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from aam_search.search.config import StudyConfig
+
+# We drive heartbeats ourselves in an ask/tell loop (trials are child processes), which
+# Optuna supports but flags as experimental; the warnings would only alarm users.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+SLOT = "aam:slot"
+ATTEMPT = "aam:attempt"
+DISCARDED = "aam:discarded"
+REASON = "aam:reason"
+
+# The paper's configuration: w_LC=100, w_T=1, w_B=1, tau 0.1, a 3-layer 8-head attention AAM.
+PAPER_DEFAULT = {
+    "loss.w_lc": 100.0,
+    "loss.w_task": 1.0,
+    "loss.w_privacy": 1.0,
+    "loss.temperature": 0.1,
+    "loss.privacy_objective": "selfsup",
+    "adapter.kind": "attention",
+    "adapter.layers": 3,
+    "adapter.heads": 8,
+    "adapter.ffn_mult": 4,
+    "adapter.dropout": 0.0,
+    "optim.lr": 1e-4,
+}
+
+
+def objective_direction(name: str) -> str:
+    return "minimize" if name.startswith("leakage") or name == "params" else "maximize"
+
+
+def make_sampler(config: StudyConfig, grid: dict[str, list] | None) -> optuna.samplers.BaseSampler:
+    seed = config.seed
+    name = config.sampler
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, config.n_trials // 3)))
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, config.n_trials // 3)))
+    if name == "nsga3":
+        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=max(4, min(20, config.n_trials // 3)))
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(2, config.n_trials // 3)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        if grid is None:
+            raise ValueError("sampler 'grid' needs a space of categorical choices only (e.g. the 'paper' preset)")
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    raise ValueError(f"unknown sampler {name!r}")
+
+
+def make_storage(config: StudyConfig) -> optuna.storages.BaseStorage:
+    url = config.storage_url
+    if url.startswith("sqlite:///"):
+        config.workdir.mkdir(parents=True, exist_ok=True)
+    # Trials run in child processes, so the orchestrator beats for them; a worker that dies
+    # stops beating, and another worker fails and re-enqueues its trials.
+    return optuna.storages.RDBStorage(
+        url,
+        engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {"connect_args": {"timeout": 60}},
+        heartbeat_interval=config.heartbeat_interval_s,
+        grace_period=config.heartbeat_grace_s,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=config.max_retries),
+    )
+
+
+def open_study(config: StudyConfig, grid: dict[str, list] | None = None, *, create: bool = True) -> optuna.Study:
+    optuna.logging.set_verbosity(logging.WARNING)
+    storage = make_storage(config)
+    sampler = make_sampler(config, grid)
+    if not create:
+        return optuna.load_study(study_name=config.name, storage=storage, sampler=sampler)
+    study = optuna.create_study(
+        study_name=config.name,
+        storage=storage,
+        sampler=sampler,
+        directions=[objective_direction(name) for name in config.objectives],
+        load_if_exists=True,
+    )
+    existing = study.directions
+    wanted = [optuna.study.StudyDirection.MINIMIZE if objective_direction(n) == "minimize"
+              else optuna.study.StudyDirection.MAXIMIZE for n in config.objectives]
+    if list(existing) != wanted:
+        raise ValueError(
+            f"study {config.name!r} already exists in {redact(config.storage_url)} with other objectives; "
+            "use another name"
+        )
+    return study
+
+
+def slot_of(trial: FrozenTrial) -> int:
+    return int(trial.user_attrs.get(SLOT, trial.number))
+
+
+def opened_slots(trials: list[FrozenTrial], below: int | None = None) -> set[int]:
+    return {
+        slot_of(t)
+        for t in trials
+        if DISCARDED not in t.user_attrs and (below is None or t.number < below)
+    }
+
+
+def study_finished(trials: list[FrozenTrial], budget: int) -> bool:
+    """Every slot opened and nothing left to run (retries of dead workers included)."""
+    pending = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+    return len(opened_slots(trials)) >= budget and not pending
+
+
+def admit(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
+    """Claim a slot for a freshly asked trial, or discard it when the budget is spent."""
+    frozen = study._storage.get_trial(trial._trial_id)
+    if SLOT in frozen.user_attrs:  # a retry: it re-uses its slot
+        return True
+    trials = study.get_trials(deepcopy=False)
+    if len(opened_slots(trials, below=trial.number)) >= budget:
+        trial.set_user_attr(DISCARDED, "budget reached")
+        study.tell(trial, state=TrialState.FAIL)
+        return False
+    trial.set_user_attr(SLOT, trial.number)
+    return True
+
+
+def waiting_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def enqueue_start_points(study: optuna.Study, config: StudyConfig, space_params: set[str]) -> None:
+    """The paper's default first, then the user's points; each only once per study."""
+    points: list[dict[str, Any]] = []
+    if config.enqueue_paper_default:
+        points.append({k: v for k, v in PAPER_DEFAULT.items() if k in space_params})
+    points.extend(config.enqueue)
+    for point in points:
+        params = {k: v for k, v in point.items() if k in space_params}
+        if params:
+            study.enqueue_trial(params, skip_if_exists=True)
+
+
+def redact(url: str) -> str:
+    """Hide the password of a storage URL before it reaches a log or a tag."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: show nothing that might be secret
+        return url.split("://", 1)[0] + "://***" if "@" in url else url
+
+
+def load_existing_study(name: str, storage: str | None) -> optuna.Study:
+    """Open a study someone started, with a message that names the storage when it is not there."""
+    from aam_search.search.config import default_storage
+
+    url = storage or default_storage(name)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise StudyNotFound(f"no study database at {url.removeprefix('sqlite:///')} (give --storage)")
+    optuna.logging.set_verbosity(logging.WARNING)
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        raise StudyNotFound(f"no study named {name!r} in {redact(url)}") from None
+
+
+class StudyNotFound(LookupError):
+    """The named study does not exist in the given storage."""
