@@ -9,7 +9,7 @@ import torch
 
 from aam_search.encoders import EncoderError, FrozenEncoder, build_encoder
 
-SMALL = {"dim": 24, "width": 8, "input_size": 32, "num_frames": 8}
+SMALL = {"dim": 24, "width": 6, "input_size": 32, "num_frames": 8}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_output_is_one_token_per_four_frames(options: dict, clip_shape: tuple, t
     assert tokens.shape == token_shape
     assert tokens.dtype == torch.float32
     assert torch.isfinite(tokens).all()
-    # kaiming init + projection keep features O(1) per element, not vanishing or exploding
+    # kaiming init + max pooling keep features O(1) per element, not vanishing or exploding
     assert 0.1 < tokens.pow(2).mean().sqrt().item() < 10
 
 
@@ -77,7 +77,7 @@ def test_seed_and_weight_changes_change_the_fingerprint(small: FrozenEncoder) ->
     before = edited.fingerprint()
     assert edited.fingerprint() == before  # cached, stable
     with torch.no_grad():
-        edited.module.project.weight[0, 0] += 1e-3
+        edited.module.features[0].weight[0, 0, 0, 0, 0] += 1e-3
     assert dataclasses.replace(edited).fingerprint() != before
 
 
@@ -113,6 +113,11 @@ def test_wrong_input_shape_names_the_expected_shape(small: FrozenEncoder, shape:
 def test_bad_option_values_are_named(option: str, value: object) -> None:
     with pytest.raises(EncoderError, match=option):
         build_encoder("tiny3d", {**SMALL, option: value})
+
+
+def test_dim_must_leave_channels_for_the_last_layer() -> None:
+    with pytest.raises(EncoderError, match="dim"):
+        build_encoder("tiny3d", {**SMALL, "dim": 18, "width": 6})
 
 
 def test_features_see_motion_and_its_direction(small: FrozenEncoder) -> None:

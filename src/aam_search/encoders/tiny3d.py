@@ -1,9 +1,19 @@
 """``tiny3d``: a small randomly initialised 3D CNN, built the same in every process.
 
-It needs no download, so tests and the demo run offline. Random 3D convolutions keep
-both appearance (colour, layout, background survive the 2x2 spatial grid) and motion
-(temporal kernels respond to displacement between frames), which is what the privacy
-attacker and the action probe need to find in the features.
+It needs no download, so tests and the demo run offline. Random weights still give useful
+features if the architecture does not throw the evidence away:
+
+- The input is RGB plus its temporal difference (frame t minus frame t-1, zero for the
+  first frame), a fixed temporal-gradient channel. Random 3D kernels over (RGB, difference)
+  are oriented in space-time, so their rectified responses see where and in which direction
+  things move; on a static clip the difference is zero, so motion features stay silent.
+- Each token is a hypercolumn: the spatial MAXIMUM of every layer's channels (early layers
+  keep colour and fine texture, the last one larger shapes), averaged over the frames of
+  the token. Max pooling keeps a small actor's colour, clothing and motion, which global
+  averaging dilutes with the background.
+
+Channels: ``width`` (conv 1), ``2 * width`` (conv 2) and ``dim - 3 * width`` (conv 3), so
+the concatenated token has exactly ``dim`` features and needs no random projection.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from .registry import IMAGENET_MEAN, IMAGENET_STD, EncoderError, FrozenEncoder, 
 
 TEMPORAL_STRIDE = 4  # two stride-2 convolutions over time
 SPATIAL_STRIDE = 8  # three stride-2 convolutions over space
-GRID = 2  # spatial cells kept per temporal token
+INPUT_CHANNELS = 6  # RGB and its temporal difference
 
 
 class Tiny3DCNN(nn.Module):
@@ -23,16 +33,17 @@ class Tiny3DCNN(nn.Module):
 
     def __init__(self, dim: int = 128, width: int = 32) -> None:
         super().__init__()
+        last = dim - 3 * width
+        if last <= 0:
+            raise ValueError(f"dim ({dim}) must be greater than 3 * width ({3 * width})")
         self.features = nn.Sequential(
-            nn.Conv3d(3, width, kernel_size=(3, 5, 5), stride=(1, 2, 2), padding=(1, 2, 2)),
+            nn.Conv3d(INPUT_CHANNELS, width, kernel_size=(3, 5, 5), stride=(1, 2, 2), padding=(1, 2, 2)),
             nn.ReLU(),
             nn.Conv3d(width, 2 * width, kernel_size=3, stride=2, padding=1),
             nn.ReLU(),
-            nn.Conv3d(2 * width, dim, kernel_size=3, stride=2, padding=1),
+            nn.Conv3d(2 * width, last, kernel_size=3, stride=2, padding=1),
             nn.ReLU(),
         )
-        self.pool = nn.AdaptiveAvgPool3d((None, GRID, GRID))
-        self.project = nn.Linear(dim * GRID * GRID, dim, bias=False)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -42,13 +53,19 @@ class Tiny3DCNN(nn.Module):
             if isinstance(layer, nn.Conv3d):
                 nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
                 nn.init.zeros_(layer.bias)
-        nn.init.normal_(self.project.weight, std=self.project.in_features**-0.5)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        grid = self.pool(self.features(clips))  # [N, dim, T/4, 2, 2]
-        n, channels, steps = grid.shape[:3]
-        cells = grid.permute(0, 2, 1, 3, 4).reshape(n, steps, channels * GRID * GRID)
-        return self.project(cells)
+        steps = clips.shape[2] // TEMPORAL_STRIDE
+        difference = torch.diff(clips, dim=2, prepend=clips[:, :, :1])
+        hidden = torch.cat([clips, difference], dim=1)
+        pooled = []
+        for layer in self.features:
+            hidden = layer(hidden)
+            if isinstance(layer, nn.ReLU):
+                # [N, C, T', H', W'] -> spatial max -> mean over the frames of each token
+                peak = hidden.amax(dim=(3, 4))
+                pooled.append(nn.functional.adaptive_avg_pool1d(peak, steps))
+        return torch.cat(pooled, dim=1).transpose(1, 2).contiguous()
 
 
 def _positive_int(value: object, option: str) -> int:
@@ -68,6 +85,11 @@ def build_tiny3d(
     num_frames = _positive_int(num_frames, "num_frames")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise EncoderError(f"encoder 'tiny3d': option 'seed' must be an int, got {seed!r}")
+    if dim <= 3 * width:
+        raise EncoderError(
+            f"encoder 'tiny3d': option 'dim' must be greater than 3 * width = {3 * width} "
+            f"(the last layer gets dim - 3 * width channels), got dim={dim}, width={width}"
+        )
     if input_size % SPATIAL_STRIDE:
         raise EncoderError(f"encoder 'tiny3d': option 'input_size' must be a multiple of {SPATIAL_STRIDE}, got {input_size}")
     if num_frames % TEMPORAL_STRIDE:

@@ -63,6 +63,10 @@ def _standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tenso
     return [(x - mean) / std for x in (train, *others)]
 
 
+MIN_STEPS = 1000  # small sets: a few batches per epoch would leave the model untrained
+PLATEAU_WINDOW = 25  # optimiser steps per plateau check (at least one epoch)
+
+
 def _fit(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -73,23 +77,62 @@ def _fit(
     batch_size: int,
     weight_decay: float,
     seed: int,
+    min_steps: int | None = None,
 ) -> None:
-    """A fixed budget of AdamW epochs with plateau decay on the training loss."""
+    """AdamW for ``epochs`` epochs (and at least ``min_steps`` steps), plateau decay on the training loss.
+
+    The plateau check runs on the mean loss of each window of at least ``PLATEAU_WINDOW``
+    steps (and at least one epoch), so tiny training sets do not halve the rate every few steps.
+    """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=5)
     count = len(inputs)
-    for _ in range(epochs):
+    if count == 0:
+        return
+    batches = -(-count // batch_size)
+    total_steps = max(epochs * batches, MIN_STEPS if min_steps is None else min_steps)
+    window = max(batches, PLATEAU_WINDOW)
+    step, total, seen = 0, 0.0, 0
+    while step < total_steps:
         order = torch.randperm(count, generator=generator)
-        total = 0.0
         for start in range(0, count, batch_size):
             index = order[start : start + batch_size]
             loss = loss_fn(model(inputs[index]), index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(index)
-        scheduler.step(total / max(count, 1))
+            total += loss.detach().item() * len(index)
+            seen += len(index)
+            step += 1
+            if step % window == 0:
+                scheduler.step(total / seen)
+                total, seen = 0.0, 0
+            if step >= total_steps:
+                break
+
+
+def _fit_lbfgs(model: nn.Module, inputs: torch.Tensor, loss_fn, *, l2: float, max_iter: int) -> None:
+    """Full-batch L-BFGS (strong Wolfe) on a convex loss plus ``l2/2 * ||weight||^2``."""
+    optimizer = torch.optim.LBFGS(
+        model.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+        tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe",
+    )
+    everything = torch.arange(len(inputs))
+    weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(inputs), everything) + 0.5 * l2 * sum(w.pow(2).sum() for w in weights)
+        loss.backward()
+        return loss
+
+    if len(inputs):
+        optimizer.step(closure)
+
+
+PROBE_L2 = 1e-2  # L2 on the probe weights (features are standardised)
+ATTACK_WEIGHT_DECAY = 1e-4
 
 
 def make_attacker(kind: str, dim: int, outputs: int) -> nn.Module:
@@ -127,7 +170,8 @@ def attack(
         )
         return (losses * mask).sum() / mask.sum().clamp_min(1)
 
-    _fit(model, train_x, loss_fn, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=1e-4, seed=seed)
+    _fit(model, train_x, loss_fn, epochs=epochs, lr=lr, batch_size=batch_size,
+         weight_decay=ATTACK_WEIGHT_DECAY, seed=seed)
     with torch.no_grad():
         scores = model(eval_x).numpy()
     labels = eval_attrs.numpy()
@@ -179,7 +223,10 @@ def linear_probe(
     def loss_fn(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, train_y[index])
 
-    _fit(model, train_x, loss_fn, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=1e-4, seed=seed)
+    # A convex problem: full-batch L-BFGS converges in well under a second and, unlike a few
+    # AdamW epochs on a small set, does not leave the probe undertrained. ``lr`` and
+    # ``batch_size`` are kept for callers but unused; ``epochs`` scales the iteration cap.
+    _fit_lbfgs(model, train_x, loss_fn, l2=PROBE_L2, max_iter=max(10 * epochs, 500))
     with torch.no_grad():
         logits = model(eval_x)
     videos, inverse = torch.unique(eval_video, return_inverse=True)
