@@ -185,10 +185,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- demo
-def cmd_demo(args: argparse.Namespace) -> None:
+def cmd_demo(args: argparse.Namespace) -> int:
     from aam_search.demo import run_demo
 
-    run_demo(Path(args.workdir), videos=args.videos, console=console)
+    outcome = run_demo(Path(args.workdir), videos=args.videos, n_trials=args.trials, console=console)
+    return 130 if outcome.interrupted else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the main job on embedded defaults (synthetic dataset)")
     demo.add_argument("--workdir", default="work/demo")
     demo.add_argument("--videos", type=int, default=240)
+    demo.add_argument("--trials", type=int, default=12)
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -9,6 +9,7 @@ worker`` runs the same loop against an existing study from another machine.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -74,7 +75,7 @@ class Orchestrator:
         self.space: SearchSpace = resolve_space(config.space)
         self.base_trial = self._trial_config({}).model_dump(mode="json")  # validates config.trial
         baseline = raw_baseline(self.cache, TrialConfig.model_validate(self.base_trial).eval, seed=self.base_trial["seed"])
-        self.baseline = self._baseline_values(baseline)
+        self.baseline, self.chance = self._baseline_values(baseline)
         self.reference = reference_point(config.objectives, self.baseline)
         self.study = open_study(config, grid=self.space.grid())
         if not self.worker:
@@ -97,15 +98,18 @@ class Orchestrator:
         )
         return extract_features(extract, show_progress=self.view is not None and self.view.interactive).cache
 
-    def _baseline_values(self, baseline: dict[str, Any]) -> dict[str, float]:
+    def _baseline_values(self, baseline: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+        """Raw-feature values of every objective, and their chance levels."""
         values = {name: tasks["top1"] for name, tasks in baseline["tasks"].items() if name != "action"}
-        main = baseline["tasks"].get("action") or next(iter(baseline["tasks"].values()), {"top1": float("nan")})
-        values["utility"] = main["top1"]
+        chance = {name: tasks["chance"] for name, tasks in baseline["tasks"].items() if name != "action"}
+        main = baseline["tasks"].get("action") or next(iter(baseline["tasks"].values()))
+        values["utility"], chance["utility"] = main["top1"], main["chance"]
         for protocol, leak in baseline["privacy"].items():
-            values[f"leakage:{protocol}"] = leak["cmap"]
+            values[f"leakage:{protocol}"], chance[f"leakage:{protocol}"] = leak["cmap"], leak["chance"]
         primary = self.base_trial["eval"]["primary_protocol"]
         values["leakage"] = values.get(f"leakage:{primary}", float("nan"))
-        return values
+        chance["leakage"] = chance.get(f"leakage:{primary}", float("nan"))
+        return values, chance
 
     def _trial_config(self, params: dict[str, Any]) -> TrialConfig:
         base = {**self.config.trial, "cache": str(self.cache.path)}
@@ -140,6 +144,10 @@ class Orchestrator:
                 if not self.running and study_finished(self.study.get_trials(deepcopy=False), self.config.n_trials):
                     break
                 time.sleep(0.5)
+        except BaseException:
+            for running, _ in self.running.values():  # never leave trials training unwatched
+                running.stop("orchestrator failed", grace_s=5.0)
+            raise
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -196,7 +204,12 @@ class Orchestrator:
             self._fail(trial, str(error), retry=False)
             return
         if self.config.max_utility_drop is not None:
-            trial.set_constraint("max_utility_drop", float(result["utility_drop"]) - self.config.max_utility_drop)
+            drop = _finite(result.get("utility_drop"))
+            if drop is None:  # Optuna refuses a NaN constraint; raw utility 0 gives one
+                self._fail(trial, f"cannot check max_utility_drop: utility_drop is {result.get('utility_drop')!r} "
+                                  f"(raw utility {result.get('raw_utility')!r})", retry=False)
+                return
+            trial.set_constraint("max_utility_drop", drop - self.config.max_utility_drop)
         for key in ("utility", "leakage", "leakage_chance", "leakage_reduction", "utility_drop", "combined_score"):
             trial.set_user_attr(key, result.get(key))
         trial.set_user_attr("seconds", result.get("timings", {}).get("total_s"))
@@ -243,6 +256,15 @@ class Orchestrator:
             front=pareto_front(trials, self.config.objectives),
             hypervolume=history[-1][1] if history else 0.0,
         )
+
+
+def _finite(value: Any) -> float | None:
+    """A number from result.json (which writes NaN as a string), or None if not finite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def trial_out_dir(workdir: Path, number: int) -> Path:
