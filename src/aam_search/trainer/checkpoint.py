@@ -71,12 +71,14 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedCheckp
         if description.get("format") != CHECKPOINT_FORMAT:
             raise KeyError("format")
         adapter = build_adapter(int(description["dim"]), AdapterConfig(**description["adapter"]))
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
+        heads = None
+        if description.get("heads"):
+            heads = TaskHeads(int(description["dim"]), {k: int(v) for k, v in description["heads"].items()})
+    except (AttributeError, KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
+        # AttributeError: valid JSON of the wrong shape (a list where an object belongs).
         raise CheckpointError(f"{path}: not an aam-search adapter checkpoint ({error})") from None
     _load_prefixed(adapter, tensors, "adapter.", path)
-    heads = None
-    if description.get("heads"):
-        heads = TaskHeads(int(description["dim"]), {k: int(v) for k, v in description["heads"].items()})
+    if heads is not None:
         _load_prefixed(heads, tensors, "heads.", path)
     adapter.eval()
     return LoadedCheckpoint(adapter=adapter, heads=heads, info=description)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aam_search.features.config import ConfigError, format_validation_error, load_yaml_mapping
 from aam_search.trainer.model import AdapterConfig
@@ -81,6 +81,11 @@ class TrialConfig(_Strict):
     guard: GuardConfig = Field(default_factory=GuardConfig)
     deepspeed: Path | None = Field(default=None, description="DeepSpeed JSON config (ZeRO stage etc.)")
     save_adapter: bool = True
+
+    @field_validator("cache", "deepspeed")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
 
     def resolved(self) -> dict:
         data = self.model_dump(mode="json")

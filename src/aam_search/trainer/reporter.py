@@ -49,6 +49,11 @@ class TrialReporter:
         os.replace(tmp, path)
 
     def trial(self, resolved_config: dict[str, Any]) -> None:
+        """Start the trial's record afresh: files an earlier run left in this folder (appended
+        metrics, a result, an adapter) would otherwise pass for this run's."""
+        if self.enabled:
+            for name in (METRICS_FILE, RESULT_FILE, ADAPTER_FILE):
+                (self.out_dir / name).unlink(missing_ok=True)
         self._write_json(TRIAL_FILE, resolved_config)
 
     def epoch(self, metrics: dict[str, Any]) -> None:

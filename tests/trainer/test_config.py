@@ -1,0 +1,174 @@
+"""The trial config: YAML loading, validation errors that name file and field, derived values."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aam_search.features.config import ConfigError
+from aam_search.trainer.config import TrialConfig, load_trial_config, parse_trial_config
+
+
+def _write(folder: Path, data, name: str = "trial.yaml") -> Path:
+    path = folder / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def test_yaml_loads_nested_sections_and_defaults(tmp_path):
+    path = _write(tmp_path, {
+        "cache": "/data/cache/abc",
+        "seed": 7,
+        "adapter": {"kind": "mlp", "layers": 5},
+        "loss": {"w_lc": 10, "privacy_objective": "adversarial", "task_weights": {"action": 0.5}},
+        "optim": {"epochs": 3, "batch_size": 32},
+        "eval": {"protocols": ["clip"], "primary_protocol": "clip", "split": "test"},
+        "guard": {"max_lc": 5.0},
+    })
+    config = load_trial_config(path)
+    assert config.cache == Path("/data/cache/abc")
+    assert config.seed == 7
+    assert config.adapter.kind == "mlp" and config.adapter.layers == 5
+    assert config.adapter.heads == 8  # untouched defaults stay
+    assert config.loss.w_lc == 10.0 and config.loss.w_task == 1.0 and config.loss.w_privacy == 1.0
+    assert config.loss.privacy_objective == "adversarial"
+    assert config.loss.task_weights == {"action": 0.5}
+    assert config.optim.epochs == 3 and config.optim.batch_size == 32
+    assert config.eval.protocols == ("clip",) and config.eval.split == "test"
+    assert config.guard.max_lc == 5.0 and config.guard.max_loss == 1e6
+    assert config.deepspeed is None and config.save_adapter is True
+
+
+def test_paper_defaults():
+    config = TrialConfig(cache=Path("/c"))
+    assert (config.loss.w_lc, config.loss.w_task, config.loss.w_privacy) == (100.0, 1.0, 1.0)
+    assert config.loss.temperature == 0.1
+    assert config.optim.base_lr == 1e-4 and config.optim.base_batch == 512
+    assert config.adapter.kind == "attention" and config.adapter.layers == 3 and config.adapter.heads == 8
+    assert config.eval.primary_protocol in config.eval.protocols
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"optim": {"batch_size": 1}}, "optim.batch_size"),  # out of range: NT-Xent needs negatives
+        ({"optim": {"epochs": 0}}, "optim.epochs"),
+        ({"optim": {"lr": -1e-3}}, "optim.lr"),
+        ({"optim": {"epochs": "many"}}, "optim.epochs"),  # wrong type
+        ({"optim": {"bogus": 1}}, "optim.bogus"),  # unknown field
+        ({"loss": {"w_lc": -1}}, "loss.w_lc"),
+        ({"loss": {"temperature": 0}}, "loss.temperature"),
+        ({"loss": {"privacy_objective": "minmax"}}, "loss.privacy_objective"),
+        ({"adapter": {"layers": 0}}, "adapter.layers"),
+        ({"adapter": {"kind": "conv"}}, "adapter.kind"),
+        ({"eval": {"protocols": ["static", "pixels"]}}, "eval.protocols.1"),  # names the bad item
+        ({"guard": {"max_lc": 0}}, "guard.max_lc"),
+        ({"seed": "zero"}, "seed"),
+        ({"surprise": True}, "surprise"),
+    ],
+)
+def test_bad_values_name_file_and_dotted_field(tmp_path, data, field):
+    path = _write(tmp_path, {"cache": "c", **data})
+    with pytest.raises(ConfigError) as caught:
+        load_trial_config(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert f"'{field}'" in message
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = _write(tmp_path, {"cache": "c", "optim": {"batch_size": 1, "epochs": 0}, "loss": {"w_task": -2}})
+    with pytest.raises(ConfigError) as caught:
+        load_trial_config(path)
+    message = str(caught.value)
+    for field in ("optim.batch_size", "optim.epochs", "loss.w_task"):
+        assert f"'{field}'" in message
+
+
+def test_missing_cache_is_an_error(tmp_path):
+    path = _write(tmp_path, {"seed": 1})
+    with pytest.raises(ConfigError, match="'cache'") as caught:
+        load_trial_config(path)
+    assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["- just\n- a list\n", "cache: [unclosed\n"])
+def test_not_a_mapping_or_not_yaml_names_the_file(tmp_path, text):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_trial_config(path)
+    assert str(path) in str(caught.value)
+
+
+def test_missing_file_names_the_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_trial_config(path)
+    assert str(path) in str(caught.value)
+
+
+def test_relative_paths_resolve_against_the_yaml_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "trials" / "t1"
+    folder.mkdir(parents=True)
+    path = _write(folder, {"cache": "../../cache/key", "deepspeed": "ds.json"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the current directory must not matter
+    config = load_trial_config(path)
+    assert config.cache == (tmp_path / "cache" / "key").resolve()
+    assert config.deepspeed == (folder / "ds.json").resolve()
+    assert config.cache.is_absolute() and config.deepspeed.is_absolute()
+
+
+def test_absolute_paths_are_kept(tmp_path):
+    path = _write(tmp_path, {"cache": "/abs/cache"})
+    assert load_trial_config(path).cache == Path("/abs/cache")
+
+
+def test_home_relative_cache_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = _write(tmp_path, {"cache": "~/caches/key"})
+    assert load_trial_config(path).cache == tmp_path / "home" / "caches" / "key"
+
+
+@pytest.mark.parametrize(
+    ("optim", "expected"),
+    [
+        ({"batch_size": 512}, 1e-4),
+        ({"batch_size": 64}, 1e-4 * 64 / 512),
+        ({"batch_size": 1024}, 2e-4),
+        ({"batch_size": 64, "lr": 3e-3}, 3e-3),  # an explicit lr wins
+        ({"batch_size": 128, "base_lr": 2e-4, "base_batch": 256}, 1e-4),
+    ],
+)
+def test_effective_lr_scales_linearly_unless_given(tmp_path, optim, expected):
+    config = load_trial_config(_write(tmp_path, {"cache": "c", "optim": optim}))
+    assert config.optim.effective_lr == pytest.approx(expected, rel=1e-12)
+    resolved = config.resolved()
+    assert resolved["optim"]["effective_lr"] == pytest.approx(expected, rel=1e-12)
+    # The resolved config records what ran and is plain JSON data.
+    assert resolved["optim"]["batch_size"] == optim["batch_size"]
+    assert resolved["cache"] == str(config.cache)
+
+
+def test_primary_protocol_must_be_measured(tmp_path):
+    path = _write(tmp_path, {"cache": "c", "eval": {"protocols": ["static"], "primary_protocol": "clip"}})
+    with pytest.raises(ConfigError) as caught:
+        load_trial_config(path)
+    message = str(caught.value)
+    assert str(path) in message and "'eval'" in message and "primary_protocol" in message
+    with pytest.raises(ConfigError, match="primary_protocol"):
+        parse_trial_config({"cache": "c", "eval": {"protocols": []}})
+    ok = parse_trial_config({"cache": "c", "eval": {"protocols": ["clip"], "primary_protocol": "clip"}})
+    assert ok.eval.primary_protocol == "clip"
+
+
+def test_parse_names_its_source():
+    with pytest.raises(ConfigError, match=r"my-source: field 'optim.batch_size'"):
+        parse_trial_config({"cache": "c", "optim": {"batch_size": 0}}, source="my-source")
+
+
+def test_config_is_frozen():
+    config = TrialConfig(cache=Path("/c"))
+    with pytest.raises(Exception):
+        config.seed = 3  # type: ignore[misc]
