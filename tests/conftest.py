@@ -47,3 +47,15 @@ def small_cache(small_dataset, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("small-cache")
     return extract_features(make_config(small_dataset, root), show_progress=False).cache
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The suite runs many small fits on a 2-core machine; more intra-op threads than
+    cores only thrash (one attacker fit: 22 s with 2 threads under load, 1.3 s with 1)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -16,6 +16,10 @@ from aam_search.trainer.config import EvalConfig
 from aam_search.trainer.data import task_names
 from aam_search.trainer.feature_eval import Transform, evaluate_privacy, evaluate_utility
 
+# Bump when the evaluation itself changes (probe or attacker training), so that caches keep
+# no baseline measured by older code.
+EVALUATION_VERSION = 2
+
 
 def evaluate_features(
     cache: FeatureCache, transform: Transform | None, config: EvalConfig, *, seed: int
@@ -32,7 +36,7 @@ def evaluate_features(
 
 
 def raw_baseline(cache: FeatureCache, config: EvalConfig, *, seed: int) -> dict[str, Any]:
-    settings = {**config.model_dump(mode="json"), "seed": seed}
+    settings = {**config.model_dump(mode="json"), "seed": seed, "evaluation_version": EVALUATION_VERSION}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = cache.path / "baselines" / f"{key}.json"
     if path.is_file():

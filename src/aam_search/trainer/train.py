@@ -265,6 +265,8 @@ class AAMRecipe:
             self.train()
             if self.accelerator.is_main_process:
                 metrics = self.evaluate()
+                if self.stop_signal:  # arrived during evaluation: the numbers are not final
+                    raise TrialStopped("terminated", f"received {self.stop_signal} during evaluation")
                 if self.config.save_adapter:
                     self.save()
             self.accelerator.wait_for_everyone()
