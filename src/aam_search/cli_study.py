@@ -75,7 +75,14 @@ def cmd_start(args: argparse.Namespace) -> int:
     from aam_search.search.orchestrator import Orchestrator
 
     config = load_study_config(args.config)
-    return _run(Orchestrator(config, view=_study_view()))
+    orchestrator = Orchestrator(config, view=_study_view())
+    if args.prepare_only:  # e.g. before a SLURM array of workers: cache, baseline, study
+        with orchestrator.view:
+            orchestrator.prepare()
+        console.print(f"study {config.name!r} is ready; start workers with: aam-search worker "
+                      f"--study {config.name} --storage <URL>")
+        return 0
+    return _run(orchestrator)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -171,6 +178,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 def add_study_commands(sub: argparse._SubParsersAction) -> None:
     start = sub.add_parser("start", help="run (or resume) a study from a config")
     start.add_argument("--config", required=True)
+    start.add_argument("--prepare-only", action="store_true",
+                       help="extract features, compute the raw baseline and create the study; run no trial")
     start.set_defaults(func=cmd_start)
 
     worker = sub.add_parser("worker", help="join an existing study from this machine")
