@@ -31,6 +31,33 @@ LEAKY_NAMES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_A
                "GROUP_RANK", "ROLE_RANK", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
 
 
+def _parent_death_signal():
+    """A ``preexec_fn`` that has the kernel SIGTERM the trial when its orchestrator dies.
+
+    Trials run in their own session (so a terminal's Ctrl-C reaches only the orchestrator,
+    which stops them in order); without this, a worker killed with SIGKILL (OOM killer,
+    ``kill -9``, a preempted node) would leave its trials training, unwatched, for hours.
+    Linux only; elsewhere ``None``.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def set_death_signal() -> None:  # runs in the child between fork and exec
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return set_death_signal
+
+
 def clean_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     for key in list(env):
@@ -61,9 +88,17 @@ class Slot:
     port: int
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on: a SLURM job or ``taskset`` gets fewer than the host has."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 class DevicePool:
     def __init__(self, *, gpus: list[int], gpus_per_trial: int, max_parallel: int, base_port: int):
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         if gpus:
             if gpus_per_trial > len(gpus):
                 raise ValueError(f"gpus_per_trial={gpus_per_trial} but only {len(gpus)} GPU(s) visible")
@@ -185,5 +220,6 @@ def start_trial(number: int, config: dict[str, Any], out_dir: Path, slot: Slot, 
     process = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         start_new_session=True,  # its own process group: stopping it stops its ranks too
+        preexec_fn=_parent_death_signal(),  # and it dies with this process
     )
     return RunningTrial(number, out_dir, process, slot, time.time(), timeout_s, log)
