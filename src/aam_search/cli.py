@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aam_search.cli_study import add_study_commands
+from aam_search.tracking.commands import add_tracking_commands
 
 console = Console()
 errors = Console(stderr=True)
@@ -27,10 +28,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from aam_search.features.extract import ExtractionError
     from aam_search.search.study import StudyNotFound
     from aam_search.spaces import SpaceError
+    from aam_search.tracking.errors import PromotionError, TrackingUnavailable
+    from aam_search.tracking.ui import UIError
     from aam_search.trainer.checkpoint import CheckpointError
 
     return (ManifestError, ImportFormatError, EncoderError, CacheError, ConfigError, ExtractionError,
-            CheckpointError, SpaceError, StudyNotFound)
+            CheckpointError, SpaceError, StudyNotFound, PromotionError, TrackingUnavailable, UIError)
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -251,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     add_study_commands(sub)
+    add_tracking_commands(sub)
 
     demo = sub.add_parser("demo", help="run the main job on embedded defaults (synthetic dataset)")
     demo.add_argument("--workdir", default="work/demo")

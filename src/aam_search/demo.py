@@ -26,6 +26,9 @@ DEMO_TRIAL: dict[str, Any] = {
 }
 
 
+DEMO_MAX_UTILITY_DROP = 0.05  # the promotion rule: a small demo's validation set is noisy
+
+
 def demo_config(workdir: Path, manifest: Path, n_trials: int) -> StudyConfig:
     return StudyConfig(
         name="demo",
@@ -72,4 +75,30 @@ def run_demo(workdir: Path, *, videos: int = 240, n_trials: int = 12, console: C
                   f"hypervolume {outcome.hypervolume:.4f}; trials in {workdir / 'trials'}")
     console.print(f"inspect: aam-search front demo --storage sqlite:///{workdir / 'optuna.db'} --format csv",
                   soft_wrap=True)
+    if outcome.completed and not outcome.interrupted:
+        console.rule("4. promotion to the MLflow Model Registry")
+        _promote(workdir, console)
     return outcome
+
+
+def _promote(workdir: Path, console: Console) -> None:
+    """Promote the least-leaking trial within 5% utility of raw (else the front's knee)."""
+    from aam_search.tracking.errors import PromotionError
+    from aam_search.tracking.promote import promote
+
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    say = lambda message: console.print(message, soft_wrap=True, highlight=False, markup=False)  # noqa: E731
+    try:
+        promotion = promote("demo", storage=storage, max_utility_drop=DEMO_MAX_UTILITY_DROP, say=say)
+    except PromotionError as error:
+        say(f"{error}; promoting the front's knee instead")
+        try:
+            promotion = promote("demo", storage=storage, knee=True, say=say)
+        except PromotionError as error:
+            say(f"nothing promoted: {error}")
+            return
+    metrics = promotion.test_metrics
+    console.print(f"promoted trial {promotion.trial} as [bold]{promotion.model_name} version {promotion.version}[/] "
+                  f"({promotion.model_uri}); test split: utility {metrics.get('test_utility', float('nan')):.3f}, "
+                  f"leakage {metrics.get('test_leakage', float('nan')):.3f}", soft_wrap=True)
+    console.print(f"browse the study in MLflow: aam-search ui --workdir {workdir}", soft_wrap=True, highlight=False)

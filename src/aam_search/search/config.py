@@ -75,6 +75,8 @@ class StudyConfig(BaseModel):
     heartbeat_interval_s: int = Field(default=10, ge=1)
     heartbeat_grace_s: int = Field(default=60, ge=2)
     base_port: int = Field(default=29500, ge=1024, le=65000, description="first accelerate main-process port")
+    tracking_uri: str | None = Field(default=None, description="MLflow tracking URI; default sqlite in workdir")
+    track: bool = Field(default=True, description="log the study, its trials and fronts to MLflow")
 
     @field_validator("objectives")
     @classmethod

@@ -71,6 +71,11 @@ class Orchestrator:
     def prepare(self) -> None:
         config = self.config
         config.workdir.mkdir(parents=True, exist_ok=True)
+        self.tracker = None
+        if config.track:  # first, so an unreachable MLflow fails the start in seconds
+            from aam_search.tracking.runs import StudyTracker
+
+            self.tracker = StudyTracker.connect(config)
         self.cache = self._feature_cache()
         self.space: SearchSpace = resolve_space(config.space)
         self.base_trial = self._trial_config({}).model_dump(mode="json")  # validates config.trial
@@ -82,6 +87,10 @@ class Orchestrator:
             self.study.set_user_attr(CONFIG_ATTR, json.loads(config.model_dump_json()) | {"storage": redact(config.storage_url)})
             self.study.set_user_attr(BASELINE_ATTR, self.baseline)
             enqueue_start_points(self.study, config, set(self.space.distributions()))
+        if self.tracker is not None:
+            self.tracker.open(self.study, space=self.space, base_trial=self.base_trial, baseline=self.baseline,
+                              worker=self.worker)
+            self.hooks.append(self.tracker.handle)
         gpus = detect_gpus()
         self.devices = DevicePool(gpus=gpus, gpus_per_trial=config.gpus_per_trial,
                                   max_parallel=config.max_parallel, base_port=config.base_port)
@@ -127,6 +136,7 @@ class Orchestrator:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         storage = self.study._storage
         last_stale_check = 0.0
+        status = "failed"
         try:
             while True:
                 now = time.time()
@@ -144,6 +154,7 @@ class Orchestrator:
                 if not self.running and study_finished(self.study.get_trials(deepcopy=False), self.config.n_trials):
                     break
                 time.sleep(0.5)
+            status = "interrupted" if self.stopping else "finished"
         except BaseException:
             for running, _ in self.running.values():  # never leave trials training unwatched
                 running.stop("orchestrator failed", grace_s=5.0)
@@ -151,6 +162,7 @@ class Orchestrator:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self._emit("finished", {"status": status})
         return self.outcome()
 
     def _fill_devices(self) -> None:
@@ -159,6 +171,9 @@ class Orchestrator:
             if not waiting_trials(self.study) and len(opened_slots(trials)) >= self.config.n_trials:
                 return
             trial = self.study.ask()
+            # Beat at once: a RUNNING trial without any heartbeat is never found stale, so
+            # a worker killed before its first beat would hold the study open for good.
+            self.study._storage.record_heartbeat(trial._trial_id)
             if not admit(self.study, trial, self.config.n_trials):
                 return
             self._launch(trial)
@@ -188,7 +203,13 @@ class Orchestrator:
             if running.finished():
                 del self.running[number]
                 self.devices.give_back(running.slot)
-                self._finish(running, trial)
+                try:
+                    self._finish(running, trial)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    # Another worker heard no heartbeat from us for longer than the grace
+                    # period, failed this trial and queued its re-run: drop what it measured.
+                    self._emit("failed", {"number": number, "retried": True,
+                                          "reason": "failed meanwhile by another worker (stale heartbeat)"})
 
     def _finish(self, running: RunningTrial, trial: optuna.Trial) -> None:
         status, reason, result = running.outcome()

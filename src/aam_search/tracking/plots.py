@@ -1,0 +1,317 @@
+"""The study's Pareto front and hypervolume as files for the parent MLflow run.
+
+``pareto_front.html`` is interactive: Plotly when it is installed (MLflow does not depend on
+it), otherwise a self-contained page with an inline SVG scatter whose points show their
+trial, values and parameters on hover. ``pareto_front.png`` and ``hypervolume.png`` use
+matplotlib's object API (never pyplot, so a caller's backend is left alone).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import importlib.util
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aam_search.search.study import objective_direction
+
+
+@dataclass
+class TrialPoint:
+    number: int
+    state: str
+    values: list[float] | None
+    feasible: bool = True
+    on_front: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+def _axes(objectives: Sequence[str]) -> tuple[int, int]:
+    """(x, y) objective indices: leakage across, utility up, for the usual pair."""
+    return (1, 0) if len(objectives) > 1 else (0, 0)
+
+
+def _label(name: str) -> str:
+    arrow = "lower is better" if objective_direction(name) == "minimize" else "higher is better"
+    return f"{name} ({arrow})"
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _completed(points: Sequence[TrialPoint]) -> list[TrialPoint]:
+    return [p for p in points if p.state == "COMPLETE" and p.values]
+
+
+def _front_line(front: list[TrialPoint], xi: int, yi: int) -> list[tuple[float, float]]:
+    return sorted(((p.values[xi], p.values[yi]) for p in front), key=lambda xy: xy[0])
+
+
+def _hover(point: TrialPoint, objectives: Sequence[str]) -> str:
+    lines = [f"trial {point.number}" + (" (Pareto front)" if point.on_front else "")
+             + ("" if point.feasible else " (infeasible)")]
+    lines += [f"{name}: {value:.4g}" for name, value in zip(objectives, point.values or [], strict=False)]
+    for key in ("utility_drop", "leakage_reduction"):
+        value = _number(point.attrs.get(key))
+        if value is not None:
+            lines.append(f"{key}: {100 * value:+.1f}%")
+    lines += [f"{name} = {value}" for name, value in sorted(point.params.items())]
+    if point.run_id:
+        lines.append(f"MLflow run {point.run_id}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- tables
+def trial_rows(points: Sequence[TrialPoint], objectives: Sequence[str]) -> list[dict[str, Any]]:
+    rows = []
+    for point in points:
+        row: dict[str, Any] = {"trial": point.number, "state": point.state, "pareto": point.on_front,
+                               "feasible": point.feasible}
+        values = point.values or [None] * len(objectives)
+        row.update(dict(zip(objectives, values, strict=True)))
+        for key in ("utility_drop", "leakage_reduction", "combined_score", "aam:slot", "aam:reason"):
+            row[key.removeprefix("aam:")] = point.attrs.get(key)
+        row["mlflow_run_id"] = point.run_id
+        row.update({f"param:{name}": value for name, value in sorted(point.params.items())})
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str] | None = None) -> Path:
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns += [key for key in row if key not in columns]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+# ---------------------------------------------------------------- matplotlib
+def _figure(width: float = 7.0, height: float = 4.8):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def pareto_png(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: dict[str, float],
+               path: Path, title: str) -> Path:
+    xi, yi = _axes(objectives)
+    figure = _figure()
+    axes = figure.add_subplot()
+    done = _completed(points)
+    dominated = [p for p in done if not p.on_front and p.feasible]
+    infeasible = [p for p in done if not p.feasible]
+    front = [p for p in done if p.on_front]
+    if dominated:
+        axes.scatter([p.values[xi] for p in dominated], [p.values[yi] for p in dominated],
+                     c="#9aa0a6", s=28, label="dominated")
+    if infeasible:
+        axes.scatter([p.values[xi] for p in infeasible], [p.values[yi] for p in infeasible],
+                     marker="x", c="#9aa0a6", s=28, label="infeasible")
+    if front:
+        line = _front_line(front, xi, yi)
+        axes.plot([x for x, _ in line], [y for _, y in line], c="#d93025", lw=1, alpha=0.6, drawstyle="steps-post")
+        axes.scatter([x for x, _ in line], [y for _, y in line], c="#d93025", s=40, zorder=3, label="Pareto front")
+        for point in front:
+            axes.annotate(str(point.number), (point.values[xi], point.values[yi]), textcoords="offset points",
+                          xytext=(4, 4), fontsize=7)
+    raw = (_number(baseline.get(objectives[xi])), _number(baseline.get(objectives[yi])))
+    if raw[0] is not None and raw[1] is not None:
+        axes.scatter([raw[0]], [raw[1]], marker="*", c="black", s=120, zorder=4, label="raw features")
+    axes.set_xlabel(_label(objectives[xi]))
+    axes.set_ylabel(_label(objectives[yi]))
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    if done or raw[0] is not None:
+        axes.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def hypervolume_png(history: Sequence[Sequence[float]], path: Path, title: str) -> Path:
+    figure = _figure(6.0, 3.6)
+    axes = figure.add_subplot()
+    if history:
+        axes.plot([h[0] for h in history], [h[1] for h in history], marker="o", ms=3, c="#1a73e8")
+    axes.set_xlabel("completed trials")
+    axes.set_ylabel("hypervolume")
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def hypervolume_csv(history: Sequence[Sequence[float]], path: Path) -> Path:
+    return write_csv([{"completed": int(h[0]), "hypervolume": h[1]} for h in history], path,
+                     ["completed", "hypervolume"])
+
+
+# ---------------------------------------------------------------- interactive HTML
+def pareto_html(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: dict[str, float],
+                path: Path, title: str) -> Path:
+    if importlib.util.find_spec("plotly") is not None:
+        try:
+            return _plotly_html(points, objectives, baseline, path, title)
+        except Exception:  # an odd plotly install: the built-in page still works
+            pass
+    path.write_text(svg_page(points, objectives, baseline, title))
+    return path
+
+
+def _plotly_html(points, objectives, baseline, path: Path, title: str) -> Path:
+    import plotly.graph_objects as go
+
+    xi, yi = _axes(objectives)
+    figure = go.Figure()
+    done = _completed(points)
+    groups = (("Pareto front", [p for p in done if p.on_front], "#d93025", "circle"),
+              ("dominated", [p for p in done if not p.on_front and p.feasible], "#9aa0a6", "circle"),
+              ("infeasible", [p for p in done if not p.feasible], "#9aa0a6", "x"))
+    for name, group, colour, symbol in groups:
+        if group:
+            group = sorted(group, key=lambda p: p.values[xi])
+            figure.add_trace(go.Scatter(
+                x=[p.values[xi] for p in group], y=[p.values[yi] for p in group], name=name,
+                mode="lines+markers" if name == "Pareto front" else "markers",
+                line={"shape": "hv", "width": 1}, marker={"color": colour, "symbol": symbol, "size": 9},
+                text=[_hover(p, objectives).replace("\n", "<br>") for p in group], hoverinfo="text"))
+    raw = (_number(baseline.get(objectives[xi])), _number(baseline.get(objectives[yi])))
+    if raw[0] is not None and raw[1] is not None:
+        figure.add_trace(go.Scatter(x=[raw[0]], y=[raw[1]], name="raw features", mode="markers",
+                                    marker={"color": "black", "symbol": "star", "size": 14}))
+    figure.update_layout(title=title, xaxis_title=_label(objectives[xi]), yaxis_title=_label(objectives[yi]),
+                         template="plotly_white")
+    figure.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return path
+
+
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    span = high - low
+    if span <= 0:
+        return [low]
+    raw = span / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def svg_page(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: dict[str, float],
+             title: str) -> str:
+    """A self-contained HTML page: an SVG scatter with hover details, and the front's table."""
+    xi, yi = _axes(objectives)
+    width, height, left, right, top, bottom = 760, 480, 70, 20, 40, 55
+    done = _completed(points)
+    raw = (_number(baseline.get(objectives[xi])), _number(baseline.get(objectives[yi])))
+    xs = [p.values[xi] for p in done] + ([raw[0]] if raw[0] is not None and raw[1] is not None else [])
+    ys = [p.values[yi] for p in done] + ([raw[1]] if raw[0] is not None and raw[1] is not None else [])
+    if not xs:
+        xs, ys = [0.0, 1.0], [0.0, 1.0]
+    x_low, x_high = min(xs), max(xs)
+    y_low, y_high = min(ys), max(ys)
+    x_pad = (x_high - x_low) * 0.08 or 0.05
+    y_pad = (y_high - y_low) * 0.08 or 0.05
+    x_low, x_high, y_low, y_high = x_low - x_pad, x_high + x_pad, y_low - y_pad, y_high + y_pad
+
+    def sx(value: float) -> float:
+        return left + (value - x_low) / (x_high - x_low) * (width - left - right)
+
+    def sy(value: float) -> float:
+        return height - bottom - (value - y_low) / (y_high - y_low) * (height - top - bottom)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="Pareto front">',
+             f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
+             'fill="white" stroke="#ccc"/>']
+    for tick in _ticks(x_low, x_high):
+        parts.append(f'<line x1="{sx(tick):.1f}" y1="{top}" x2="{sx(tick):.1f}" y2="{height - bottom}" '
+                     'stroke="#eee"/>')
+        parts.append(f'<text x="{sx(tick):.1f}" y="{height - bottom + 16}" text-anchor="middle" '
+                     f'font-size="11">{tick:.3g}</text>')
+    for tick in _ticks(y_low, y_high):
+        parts.append(f'<line x1="{left}" y1="{sy(tick):.1f}" x2="{width - right}" y2="{sy(tick):.1f}" '
+                     'stroke="#eee"/>')
+        parts.append(f'<text x="{left - 6}" y="{sy(tick) + 4:.1f}" text-anchor="end" font-size="11">'
+                     f'{tick:.3g}</text>')
+    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" text-anchor="middle" '
+                 f'font-size="12">{html.escape(_label(objectives[xi]))}</text>')
+    parts.append(f'<text transform="translate(16 {(top + height - bottom) / 2}) rotate(-90)" '
+                 f'text-anchor="middle" font-size="12">{html.escape(_label(objectives[yi]))}</text>')
+    front = [p for p in done if p.on_front]
+    if front:
+        line = _front_line(front, xi, yi)
+        steps = [f"{sx(line[0][0]):.1f},{sy(line[0][1]):.1f}"]
+        for (_, y_prev), (x, y) in zip(line, line[1:], strict=False):
+            steps += [f"{sx(x):.1f},{sy(y_prev):.1f}", f"{sx(x):.1f},{sy(y):.1f}"]
+        parts.append(f'<polyline points="{" ".join(steps)}" fill="none" stroke="#d93025" stroke-opacity="0.6"/>')
+    for point in sorted(done, key=lambda p: p.on_front):  # the front drawn last, on top
+        x, y = sx(point.values[xi]), sy(point.values[yi])
+        tip = html.escape(_hover(point, objectives))
+        if not point.feasible:
+            shape = (f'<path d="M{x - 4:.1f},{y - 4:.1f} L{x + 4:.1f},{y + 4:.1f} M{x - 4:.1f},{y + 4:.1f} '
+                     f'L{x + 4:.1f},{y - 4:.1f}" stroke="#9aa0a6" stroke-width="2"/>')
+        else:
+            colour, radius = ("#d93025", 6) if point.on_front else ("#9aa0a6", 4.5)
+            shape = f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius}" fill="{colour}"/>'
+        label = (f'<text x="{x + 7:.1f}" y="{y - 6:.1f}" font-size="10">{point.number}</text>'
+                 if point.on_front else "")
+        parts.append(f'<g class="point" data-trial="{point.number}"><title>{tip}</title>{shape}{label}</g>')
+    if raw[0] is not None and raw[1] is not None:
+        x, y = sx(raw[0]), sy(raw[1])
+        star = " ".join(
+            f"{x + (8 if i % 2 == 0 else 3.5) * math.sin(i * math.pi / 5):.1f},"
+            f"{y - (8 if i % 2 == 0 else 3.5) * math.cos(i * math.pi / 5):.1f}" for i in range(10))
+        parts.append(f'<g><title>raw features (identity adapter)\n{html.escape(objectives[xi])}: {raw[0]:.4g}\n'
+                     f'{html.escape(objectives[yi])}: {raw[1]:.4g}</title><polygon points="{star}" fill="black"/></g>')
+    parts.append("</svg>")
+
+    head = ["trial", *objectives, "utility drop", "leakage reduction", "parameters"]
+    rows = []
+    for point in sorted(front, key=lambda p: p.values[xi]):
+        cells = [str(point.number), *(f"{v:.4g}" for v in point.values)]
+        for key in ("utility_drop", "leakage_reduction"):
+            value = _number(point.attrs.get(key))
+            cells.append("-" if value is None else f"{100 * value:+.1f}%")
+        cells.append(", ".join(f"{k}={v}" for k, v in sorted(point.params.items())))
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    counts = {state: sum(p.state == state for p in points) for state in ("COMPLETE", "FAIL", "RUNNING")}
+    summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
+    data = json.dumps([{"trial": p.number, "values": p.values, "pareto": p.on_front} for p in done])
+    data = data.replace("</", "<\\/")  # raw text inside <script>: only "</" could end it
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 16px; color: #202124; }}
+.point {{ cursor: pointer; }} .point:hover circle {{ stroke: #202124; stroke-width: 2; }}
+table {{ border-collapse: collapse; font-size: 13px; margin-top: 12px; }}
+td, th {{ border: 1px solid #ddd; padding: 3px 8px; text-align: right; }}
+td:last-child {{ text-align: left; }}
+</style></head><body>
+<h3>{html.escape(title)}</h3>
+<p>Trials: {html.escape(summary or "none yet")}. Red: the Pareto front (hover a point for its trial,
+values and parameters); black star: raw features (the identity adapter).</p>
+{"".join(parts)}
+<table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>{"".join(rows)}</table>
+<script type="application/json" id="trials">{data}</script>
+</body></html>
+"""

@@ -1,0 +1,365 @@
+"""Promotion: pick a trial, re-evaluate it on the held-out test split, register its adapter.
+
+Rules (exactly one applies):
+
+- ``trial=N``: that trial; it must have completed.
+- ``max_utility_drop=X`` (the default, 0.01): among completed trials whose validation
+  utility dropped at most X (relative to raw features), the one that leaks least; ties go
+  to higher utility, then to the earlier trial. A trial whose drop is undefined (raw
+  utility 0) never qualifies.
+- ``knee=True``: the Pareto-front trial closest to the front's ideal corner (the best value
+  of each objective), each objective divided by its raw-feature value.
+
+The chosen adapter is evaluated on the test split with freshly trained attackers and
+probes; the ``test_*`` metrics go on the trial's MLflow run; the adapter is logged there
+as a pyfunc model and registered as a new version of ``aam-<study>`` with the alias
+(``champion`` by default) moved onto it. Earlier versions stay. Every check runs before
+anything is written, so a failed promotion leaves the registry as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from aam_search.search.pareto import completed, pareto_front
+from aam_search.search.study import REASON, objective_direction
+from aam_search.tracking.errors import PromotionError
+from aam_search.tracking.store import (
+    artifact_location,
+    connect,
+    default_tracking_uri,
+    ensure_experiment,
+    experiment_name,
+    fluent_uri,
+    model_name,
+    quiet_downloads,
+    redact_uri,
+    resolve_tracking_uri,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_UTILITY_DROP = 0.01
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_code.py")
+MODEL_ARTIFACT = "adapter"  # the model's name inside the run (models:/... resolve to it)
+
+
+def pip_requirements() -> list[str]:
+    """Explicit requirements of the pyfunc, so MLflow does not infer them (slowly)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def pinned(package: str, fallback: str) -> str:
+        try:
+            return f"{package}=={version(package)}"
+        except PackageNotFoundError:
+            return fallback
+
+    return [pinned("aam-search", "aam-search"), "torch>=2.2", "safetensors>=0.4", "numpy>=1.24",
+            "pydantic>=2.5", pinned("mlflow", "mlflow>=3.0")]
+
+
+@dataclass
+class Promotion:
+    study: str
+    trial: int
+    rule: str
+    model_name: str
+    version: str
+    alias: str
+    run_id: str
+    tracking_uri: str
+    test_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.model_name}@{self.alias}"
+
+
+# ---------------------------------------------------------------- choosing a trial
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def choose_trial(
+    trials: list[FrozenTrial],
+    objectives: list[str],
+    *,
+    trial: int | None = None,
+    max_utility_drop: float | None = DEFAULT_MAX_UTILITY_DROP,
+    knee: bool = False,
+    baseline: dict[str, float] | None = None,
+) -> tuple[FrozenTrial, str]:
+    """The trial a rule picks, and the rule in words; :class:`PromotionError` if none."""
+    done = completed(trials)
+    if trial is not None:
+        match = [t for t in trials if t.number == trial]
+        if not match:
+            raise PromotionError(f"trial {trial} does not exist (trials 0-{max((t.number for t in trials), default=-1)})")
+        chosen = match[0]
+        if chosen not in done:
+            reason = chosen.user_attrs.get(REASON)
+            raise PromotionError(f"trial {trial} is {chosen.state.name}, not completed"
+                                 + (f" ({reason})" if reason else "") + "; only completed trials can be promoted")
+        return chosen, f"trial {trial}"
+    if not done:
+        raise PromotionError("the study has no completed trial yet")
+    if knee:
+        return _knee(trials, objectives, baseline or {}), "knee of the Pareto front"
+    limit = DEFAULT_MAX_UTILITY_DROP if max_utility_drop is None else max_utility_drop
+    eligible = []
+    for t in done:
+        drop, leak = _number(t.user_attrs.get("utility_drop")), _number(t.user_attrs.get("leakage"))
+        if drop is not None and leak is not None and drop <= limit:
+            eligible.append((leak, -(_number(t.user_attrs.get("utility")) or 0.0), t.number, t))
+    if not eligible:
+        drops = [(d, t.number) for t in done if (d := _number(t.user_attrs.get("utility_drop"))) is not None]
+        if drops:
+            best = min(drops)
+            hint = f"the smallest utility drop is {best[0]:.4f} (trial {best[1]})"
+        else:
+            hint = "no trial has a defined utility drop (raw utility is 0?)"
+        raise PromotionError(f"no completed trial has utility_drop <= {limit}: {hint}; "
+                             "raise --max-utility-drop, or use --knee or --trial N")
+    chosen = min(eligible, key=lambda e: e[:3])[3]
+    return chosen, f"lowest leakage with utility_drop <= {limit}"
+
+
+def _knee(trials: list[FrozenTrial], objectives: list[str], baseline: dict[str, float]) -> FrozenTrial:
+    front = pareto_front(trials, objectives)
+    if not front:
+        raise PromotionError("the Pareto front is empty (no feasible completed trial)")
+    values = [list(t.values) for t in front]
+    scores = []
+    for t, row in zip(front, values, strict=True):
+        total = 0.0
+        for i, name in enumerate(objectives):
+            column = [r[i] for r in values]
+            ideal = max(column) if objective_direction(name) == "maximize" else min(column)
+            raw = _number(baseline.get(name))
+            scale = abs(raw) if raw else (max(column) - min(column)) or 1.0
+            total += ((row[i] - ideal) / scale) ** 2
+        scores.append((math.sqrt(total), t.number, t))
+    return min(scores, key=lambda s: s[:2])[2]
+
+
+# ---------------------------------------------------------------- finding what to promote
+def study_tracking_uri(study: Any, tracking_uri: str | None) -> str:
+    """The tracking URI of a study: the given one, the one it was tracked in, or the
+    default in its work folder."""
+    from aam_search.search.orchestrator import CONFIG_ATTR
+    from aam_search.tracking.runs import URI_ATTR
+
+    stored = study.user_attrs.get(CONFIG_ATTR) or {}
+    workdir = stored.get("workdir") or f"work/{study.study_name}"
+    if tracking_uri:
+        return resolve_tracking_uri(tracking_uri, workdir)
+    used = study.user_attrs.get(URI_ATTR)
+    if used and "***" not in used:
+        return used
+    if stored.get("tracking_uri"):
+        return resolve_tracking_uri(stored["tracking_uri"], workdir)
+    return default_tracking_uri(workdir)
+
+
+def trial_run(client: Any, experiment_id: str, number: int) -> Any | None:
+    """The MLflow run of trial ``number`` (the last one if several), or None."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`optuna.trial_number` = '{number}' and tags.`aam.role` = 'trial'",
+        order_by=["attributes.start_time DESC"], max_results=5,
+    )
+    return runs[0] if runs else None
+
+
+def _trial_files(client: Any, run: Any | None, trial: FrozenTrial, folder: Path) -> tuple[Path, dict[str, Any]]:
+    """The adapter checkpoint and resolved config of a trial: from its MLflow run's artifacts,
+    else from its trial folder."""
+    if run is not None:
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        if {"adapter.safetensors", "trial.yaml"} <= names:
+            adapter = Path(client.download_artifacts(run.info.run_id, "adapter.safetensors", str(folder)))
+            config = Path(client.download_artifacts(run.info.run_id, "trial.yaml", str(folder)))
+            return adapter, yaml.safe_load(config.read_text()) or {}
+    out_dir = trial.user_attrs.get("out_dir")
+    if out_dir and (Path(out_dir) / "adapter.safetensors").is_file() and (Path(out_dir) / "trial.yaml").is_file():
+        return Path(out_dir) / "adapter.safetensors", yaml.safe_load((Path(out_dir) / "trial.yaml").read_text()) or {}
+    raise PromotionError(f"trial {trial.number} has no adapter.safetensors and trial.yaml, neither in MLflow "
+                         f"nor in its trial folder {out_dir or '(unknown)'}")
+
+
+def evaluate_on_test(adapter_path: Path, trial_config: dict[str, Any], cache_path: str | Path | None = None
+                     ) -> dict[str, float]:
+    """Fresh attackers and probes on the test split, for the adapter and for raw features."""
+    import torch
+
+    from aam_search.features.cache import CacheError, FeatureCache
+    from aam_search.trainer.baseline import evaluate_features, raw_baseline, summarize
+    from aam_search.trainer.checkpoint import load_checkpoint
+    from aam_search.trainer.config import parse_trial_config
+
+    if cache_path is not None:
+        trial_config = {**trial_config, "cache": str(cache_path)}
+    trial_config = {k: v for k, v in trial_config.items() if k != "optim"} | {
+        "optim": {k: v for k, v in (trial_config.get("optim") or {}).items() if k != "effective_lr"}}
+    config = parse_trial_config(trial_config, "the trial's trial.yaml")
+    try:
+        cache = FeatureCache.open(config.cache)
+    except (CacheError, OSError) as error:
+        raise PromotionError(f"cannot open the trial's feature cache ({error}); pass --cache DIR") from None
+    checkpoint = load_checkpoint(adapter_path)
+    key = checkpoint.info.get("cache_key")
+    if key and cache.meta.get("key") and key != cache.meta["key"]:
+        raise PromotionError(f"the adapter was trained on feature cache {key}, but {cache.path} is "
+                             f"{cache.meta['key']}")
+    adapter = checkpoint.adapter.eval()
+    split = config.eval.model_copy(update={"split": "test"})
+
+    def transform(tokens: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return adapter(tokens)
+
+    try:
+        measured = evaluate_features(cache, transform, split, seed=config.seed)
+        raw = raw_baseline(cache, split, seed=config.seed)
+    except ValueError as error:  # e.g. nothing labelled in the test split
+        raise PromotionError(f"cannot evaluate on the test split: {error}") from None
+    summary = summarize(measured, raw, split.primary_protocol)
+    from aam_search.tracking.params import final_metrics
+
+    metrics = final_metrics({**summary, "measured": measured})
+    return {f"test_{k}": v for k, v in metrics.items()}
+
+
+# ---------------------------------------------------------------- promotion
+def promote(
+    study_name: str,
+    *,
+    storage: str | None = None,
+    trial: int | None = None,
+    max_utility_drop: float | None = None,
+    knee: bool = False,
+    alias: str = "champion",
+    tracking_uri: str | None = None,
+    cache: str | Path | None = None,
+    say: Callable[[str], None] = lambda message: None,
+) -> Promotion:
+    """Promote one trial of ``study_name``; see the module docstring for the rules."""
+    from aam_search.search.orchestrator import BASELINE_ATTR, CONFIG_ATTR
+    from aam_search.search.study import load_existing_study
+
+    if sum([trial is not None, max_utility_drop is not None, knee]) > 1:
+        raise PromotionError("give at most one of trial, max_utility_drop and knee")
+    _check_alias(alias)
+    study = load_existing_study(study_name, storage)
+    trials = study.get_trials(deepcopy=False)
+    objectives = (study.user_attrs.get(CONFIG_ATTR) or {}).get("objectives") or ["utility", "leakage"]
+    chosen, rule = choose_trial(trials, objectives, trial=trial, max_utility_drop=max_utility_drop, knee=knee,
+                                baseline=study.user_attrs.get(BASELINE_ATTR) or {})
+    shown = {key: _number(chosen.user_attrs.get(key)) for key in ("utility", "leakage", "utility_drop")}
+    say(f"chose trial {chosen.number} ({rule}); validation: "
+        + ", ".join(f"{key} {'n/a' if value is None else format(value, '.4f')}" for key, value in shown.items()))
+    uri = study_tracking_uri(study, tracking_uri)
+    client = connect(uri)
+    workdir = (study.user_attrs.get(CONFIG_ATTR) or {}).get("workdir") or f"work/{study_name}"
+    experiment = client.get_experiment_by_name(experiment_name(study_name))
+    run = trial_run(client, experiment.experiment_id, chosen.number) if experiment is not None else None
+    with tempfile.TemporaryDirectory(prefix="aam-promote-") as folder, quiet_downloads():
+        adapter_path, trial_config = _trial_files(client, run, chosen, Path(folder))
+        say(f"evaluating trial {chosen.number} on the test split (fresh attackers and probes)")
+        test_metrics = evaluate_on_test(adapter_path, trial_config, cache)
+        # ---- everything checked: from here on MLflow is written
+        if run is None:
+            experiment_id = ensure_experiment(client, experiment_name(study_name), artifact_location(uri, workdir),
+                                              tags={"aam.study": study_name})
+            run = client.create_run(experiment_id, run_name=f"trial-{chosen.number}", tags={
+                "aam.study": study_name, "aam.role": "trial", "optuna.trial_number": str(chosen.number),
+                "optuna.state": TrialState.COMPLETE.name})
+            client.set_terminated(run.info.run_id, status="FINISHED")
+        run_id = run.info.run_id
+        from mlflow.entities import Metric
+
+        now = _now_ms()
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in test_metrics.items()])
+        version = _register(uri, run_id, adapter_path, study_name, chosen, rule, test_metrics)
+    name = model_name(study_name)
+    client.set_registered_model_alias(name, alias, version)
+    client.set_tag(run_id, f"aam.alias.{alias}", f"version {version}")
+    say(f"registered {name} version {version} with alias {alias!r} in {redact_uri(uri)}")
+    return Promotion(study=study_name, trial=chosen.number, rule=rule, model_name=name, version=str(version),
+                     alias=alias, run_id=run_id, tracking_uri=uri, test_metrics=test_metrics)
+
+
+def _check_alias(alias: str) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
+
+    try:
+        _validate_model_alias_name(alias)
+        _validate_model_alias_name_reserved(alias)
+    except MlflowException as error:
+        raise PromotionError(f"alias {alias!r} cannot be used: {error.message}") from None
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def _register(uri: str, run_id: str, adapter_path: Path, study_name: str, trial: FrozenTrial, rule: str,
+              test_metrics: dict[str, float]) -> str:
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from aam_search.trainer.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(adapter_path)
+    dim = int(checkpoint.info["dim"])
+    spec = Schema([TensorSpec(np.dtype(np.float32), (-1, -1, dim))])
+    metadata = {
+        "aam_search.study": study_name, "aam_search.trial": trial.number, "aam_search.rule": rule,
+        "aam_search.dim": dim, "aam_search.adapter": checkpoint.info.get("adapter"),
+        "aam_search.encoder": checkpoint.info.get("encoder"), "aam_search.cache_key": checkpoint.info.get("cache_key"),
+    }
+    name = model_name(study_name)
+    with fluent_uri(uri), mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=str(PYFUNC_CODE),
+            artifacts={"adapter": str(adapter_path)},
+            pip_requirements=pip_requirements(),
+            signature=ModelSignature(inputs=spec, outputs=spec),
+            input_example=np.zeros((1, 2, dim), dtype=np.float32),
+            metadata=metadata,
+        )
+        version = mlflow.register_model(info.model_uri, name, tags={
+            "aam.study": study_name, "aam.trial": str(trial.number), "aam.rule": rule,
+            **{k: f"{v:.6g}" for k, v in test_metrics.items() if k in ("test_utility", "test_leakage")},
+        })
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.update_model_version(name, version.version, description=(
+        f"Anonymizing adapter of study {study_name}, trial {trial.number} ({rule}). Input and output: "
+        f"float32 features [N, L, {dim}] of the frozen encoder. Test split: "
+        + ", ".join(f"{k.removeprefix('test_')} {v:.4g}" for k, v in test_metrics.items()
+                    if k in ("test_utility", "test_leakage", "test_utility_drop", "test_leakage_reduction"))))
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=(
+            f"Anonymizing adapters promoted from study {study_name}. Load one with "
+            f"aam_search.load_adapter('models:/{name}@champion', tracking_uri=...) or "
+            f"mlflow.pyfunc.load_model(...)."))
+    return str(version.version)

@@ -1,0 +1,391 @@
+"""MLflow tracking of a study: one parent run for the study, one child run per trial.
+
+:class:`StudyTracker` is an orchestrator hook (``orchestrator.hooks``): it turns the tuner
+loop's events into MLflow runs, metrics, tags and artifacts. Only the orchestrator process
+talks to MLflow; trial processes never import it. Every call names its run explicitly
+through one ``MlflowClient`` (no fluent active-run stack), so any number of trials can be
+running at once.
+
+- Experiment ``aam-<study>``; the parent run ``study-<study>`` holds the study's settings
+  as params, the raw baseline, the hypervolume after each completed trial (step = number
+  completed) and, refreshed after each completed trial, ``pareto_front.html``/``.png``,
+  ``hypervolume.png``/``.csv`` and ``trials.csv``. Its id is kept in the Optuna study
+  (``aam:mlflow_parent_run``), so a resumed study continues the same run.
+- Child run ``trial-<n>`` per Optuna trial (tag ``mlflow.parentRunId``): the sampled
+  params and the resolved trial config (``config.*``), per-epoch training metrics
+  (``train/*``, step = epoch), the final metrics, tags ``optuna.trial_number``,
+  ``optuna.state``, ``aam.slot``, ``aam.failure_reason`` and ``pareto`` (re-tagged for every
+  trial after each completion), and the trial folder's files as artifacts. A retry of a
+  crashed trial is a new Optuna trial, so it gets its own run; the failed attempt's run ends
+  FAILED with its reason and both carry the same ``aam.slot``.
+
+MLflow failing mid-study does not stop the study: the tracker warns once, pauses for a
+minute and tries again; everything stays recorded in Optuna.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aam_search.search.config import StudyConfig
+from aam_search.search.pareto import feasible, pareto_front
+from aam_search.search.study import ATTEMPT, REASON, SLOT, redact
+from aam_search.tracking.params import MAX_PARAM, finite_float, final_metrics, flatten, metric_key, study_params
+from aam_search.tracking.plots import (
+    TrialPoint,
+    hypervolume_csv,
+    hypervolume_png,
+    pareto_html,
+    pareto_png,
+    trial_rows,
+    write_csv,
+)
+from aam_search.tracking.store import (
+    artifact_location,
+    connect,
+    ensure_experiment,
+    experiment_name,
+    redact_uri,
+    resolve_tracking_uri,
+)
+
+logger = logging.getLogger(__name__)
+
+PARENT_ATTR = "aam:mlflow_parent_run"
+URI_ATTR = "aam:mlflow_tracking_uri"
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "optuna.trial_number"
+STATE_TAG = "optuna.state"
+PARETO_TAG = "pareto"
+REASON_TAG = "aam.failure_reason"
+# Files of a trial folder logged as artifacts of its run (when present).
+TRIAL_FILES = ("trial.yaml", "trial.json", "result.json", "metrics.jsonl", "adapter.safetensors", "trial.log")
+PAUSE_AFTER_ERROR_S = 60.0
+MAX_TAG = 7900
+BATCH = 100
+
+
+@dataclass
+class TrialRun:
+    run_id: str
+    out_dir: Path | None
+
+
+class StudyTracker:
+    """Logs one study to MLflow; install :meth:`handle` as an orchestrator hook."""
+
+    def __init__(self, config: StudyConfig, client: Any, uri: str, experiment_id: str, *,
+                 system_metrics: bool = True):
+        self.config = config
+        self.client = client
+        self.uri = uri
+        self.experiment_id = experiment_id
+        self.system_metrics = system_metrics
+        self.parent_run_id: str | None = None
+        self.runs: dict[int, TrialRun] = {}
+        self.baseline: dict[str, float] = {}
+        self.study: Any = None
+        self._monitor: Any = None
+        self._paused_until = 0.0
+        self._warned = False
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def connect(cls, config: StudyConfig, **kwargs: Any) -> StudyTracker:
+        """Reach (and create or migrate, once) the tracking store and the study's experiment.
+
+        Raises :class:`~aam_search.tracking.errors.TrackingUnavailable`, naming the URI,
+        within seconds when the store cannot be reached.
+        """
+        uri = resolve_tracking_uri(config.tracking_uri, config.workdir)
+        client = connect(uri)
+        experiment_id = ensure_experiment(
+            client, experiment_name(config.name), artifact_location(uri, config.workdir),
+            tags={"aam.study": config.name},
+        )
+        return cls(config, client, uri, experiment_id, **kwargs)
+
+    def open(self, study: Any, *, space: Any, base_trial: dict[str, Any], baseline: dict[str, float],
+             worker: bool = False) -> str:
+        """Create the study's parent run, or resume the one the study already has."""
+        self.study = study
+        self.baseline = dict(baseline)
+        config = self.config
+        shown_uri = redact_uri(self.uri)
+        run = None
+        stored = study.user_attrs.get(PARENT_ATTR)
+        if stored and study.user_attrs.get(URI_ATTR) == shown_uri:
+            run = self._existing_run(stored)
+        tags = {
+            "aam.study": config.name,
+            "aam.role": "study",
+            "aam.storage": redact(config.storage_url),
+            "aam.workdir": str(Path(config.workdir).resolve()),
+            "mlflow.note.content": self._note(),
+        }
+        if run is None:
+            run = self.client.create_run(self.experiment_id, run_name=f"study-{config.name}", tags=tags)
+            if not worker or not stored:  # a worker with a store of its own leaves the study's alone
+                study.set_user_attr(PARENT_ATTR, run.info.run_id)
+                study.set_user_attr(URI_ATTR, shown_uri)
+            existing: dict[str, str] = {}
+        else:
+            existing = dict(run.data.params)
+            if run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
+            self._log(run.info.run_id, tags=tags | {"aam.resumed": time.strftime("%Y-%m-%d %H:%M:%S")})
+        self.parent_run_id = run.info.run_id
+        params = study_params(config, space, base_trial)
+        new = {k: v for k, v in params.items() if k not in existing}
+        changed = {f"aam.param.{k}": v[:MAX_TAG] for k, v in params.items() if k in existing and existing[k] != v}
+        self._log(self.parent_run_id, params=new, tags=changed)
+        self._log(self.parent_run_id, metrics={f"raw_{metric_key(k)}": v for k, v in baseline.items()
+                                               if finite_float(v) is not None})
+        self._start_system_metrics(resume=bool(existing), worker=worker)
+        return self.parent_run_id
+
+    def _existing_run(self, run_id: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        if run.info.experiment_id != self.experiment_id or run.info.lifecycle_stage == "deleted":
+            return None
+        return run
+
+    def _note(self) -> str:
+        name = self.config.name
+        return (f"Study **{name}**: one child run per trial; the `pareto` tag marks the current "
+                f"Pareto front (see the artifacts `pareto_front.html` and `trials.csv`).\n\n"
+                f"Promote a trial to the model registry: `aam-search promote {name} --storage "
+                f"{redact(self.config.storage_url)}`")
+
+    def _start_system_metrics(self, *, resume: bool, worker: bool) -> None:
+        if not self.system_metrics:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            # its start/stop INFO lines would interleave with the study's own output
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+
+            self._monitor = SystemMetricsMonitor(
+                self.parent_run_id, resume_logging=resume, tracking_uri=self.uri,
+                node_id=socket.gethostname() if worker else None,
+            )
+            self._monitor.start()
+        except Exception as error:  # psutil missing, ...: system metrics are a nicety
+            logger.info("no system metrics: %s", error)
+            self._monitor = None
+
+    # ------------------------------------------------------------------ the hook
+    def handle(self, event: str, payload: dict[str, Any]) -> None:
+        """Orchestrator hook. Never raises: a tracking failure must not stop the study."""
+        handler = getattr(self, f"_on_{event}", None)
+        if handler is None or self.parent_run_id is None:
+            return
+        if event != "finished" and time.monotonic() < self._paused_until:
+            return
+        try:
+            handler(payload)
+        except Exception as error:
+            self._paused_until = time.monotonic() + PAUSE_AFTER_ERROR_S
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "MLflow tracking at %s failed on %r (%s: %s); the study goes on and Optuna still "
+                    "records every trial. Tracking retries in %.0fs; further errors are not shown.",
+                    redact_uri(self.uri), event, type(error).__name__, str(error)[:300], PAUSE_AFTER_ERROR_S,
+                )
+
+    def _on_prepared(self, payload: dict[str, Any]) -> None:
+        self._log(self.parent_run_id, tags={"aam.cache": str(payload.get("cache")),
+                                            "aam.gpus": ",".join(map(str, payload.get("gpus") or [])) or "cpu"})
+
+    def _on_started(self, payload: dict[str, Any]) -> None:
+        number = payload["number"]
+        out_dir = Path(payload["out_dir"]).resolve() if payload.get("out_dir") else None
+        run_id = self._create_trial_run(number, "RUNNING", devices=payload.get("devices"))
+        self.runs[number] = TrialRun(run_id, out_dir)
+        params = {str(k): str(v)[:MAX_PARAM] for k, v in (payload.get("params") or {}).items()}
+        if out_dir is not None and (out_dir / "trial.yaml").is_file():
+            params.update(flatten(yaml.safe_load((out_dir / "trial.yaml").read_text()) or {}, "config."))
+        self._log(run_id, params=params)
+
+    def _on_epoch(self, payload: dict[str, Any]) -> None:
+        run = self.runs.get(payload["number"])
+        if run is None:
+            return
+        line = payload["metrics"]
+        step = int(line.get("epoch", 0))
+        metrics = {f"train/{k}": v for k, v in line.items() if k != "epoch" and finite_float(v) is not None}
+        self._log(run.run_id, metrics=metrics, step=step)
+
+    def _on_completed(self, payload: dict[str, Any]) -> None:
+        number = payload["number"]
+        run = self.runs.pop(number, None) or TrialRun(self._create_trial_run(number, "RUNNING"), None)
+        result = payload.get("result") or {}
+        self._log(run.run_id, metrics=final_metrics(result), tags={STATE_TAG: "COMPLETE"})
+        self._log_trial_files(run)
+        self.client.set_terminated(run.run_id, status="FINISHED")
+        self._refresh(hypervolume=payload.get("hypervolume"))
+
+    def _on_failed(self, payload: dict[str, Any]) -> None:
+        number = payload["number"]
+        run = self.runs.pop(number, None) or TrialRun(self._create_trial_run(number, "FAIL"), None)
+        reason = str(payload.get("reason") or "unknown")
+        tags = {STATE_TAG: "FAIL", REASON_TAG: reason[:MAX_TAG], "aam.retried": str(bool(payload.get("retried"))).lower()}
+        self._log(run.run_id, tags=tags)
+        self._log_trial_files(run)
+        status = "KILLED" if reason.startswith("study interrupted") else "FAILED"
+        self.client.set_terminated(run.run_id, status=status)
+
+    def _on_finished(self, payload: dict[str, Any]) -> None:
+        """This process's loop ended: refresh the parent run and end it, unless it finished
+        its share while other workers still run trials (the last one ends it)."""
+        from optuna.trial import TrialState
+
+        try:
+            if time.monotonic() >= self._paused_until:
+                self._refresh()
+            status = payload.get("status")
+            others = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if status != "finished" or not others:
+                self.client.set_terminated(self.parent_run_id,
+                                           status={"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            except Exception:
+                pass
+            self._monitor = None
+
+    # ------------------------------------------------------------------ runs
+    def _trial_info(self, number: int) -> Any:
+        storage = self.study._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        return storage.get_trial(trial_id)
+
+    def _create_trial_run(self, number: int, state: str, devices: Any = None) -> str:
+        frozen = self._trial_info(number)
+        tags = {
+            PARENT_TAG: self.parent_run_id,
+            "aam.study": self.config.name,
+            "aam.role": "trial",
+            TRIAL_TAG: str(number),
+            STATE_TAG: state,
+            PARETO_TAG: "false",
+            "aam.slot": str(frozen.user_attrs.get(SLOT, number)),
+            "aam.attempt": str(frozen.user_attrs.get(ATTEMPT, 0)),
+        }
+        if devices is not None:
+            tags["aam.devices"] = ",".join(map(str, devices)) or "cpu"
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=tags)
+        return run.info.run_id
+
+    def _log_trial_files(self, run: TrialRun) -> None:
+        if run.out_dir is None:
+            return
+        for name in TRIAL_FILES:
+            path = run.out_dir / name
+            if path.is_file():
+                self.client.log_artifact(run.run_id, str(path))
+
+    def _log(self, run_id: str, *, params: dict[str, str] | None = None, metrics: dict[str, float] | None = None,
+             tags: dict[str, str] | None = None, step: int = 0) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        items: list[Any] = [Param(k, v) for k, v in (params or {}).items()]
+        items += [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        items += [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
+        for start in range(0, len(items), BATCH):
+            chunk = items[start:start + BATCH]
+            self.client.log_batch(
+                run_id,
+                metrics=[i for i in chunk if isinstance(i, Metric)],
+                params=[i for i in chunk if isinstance(i, Param)],
+                tags=[i for i in chunk if isinstance(i, RunTag)],
+            )
+
+    def child_runs(self) -> list[Any]:
+        """Every trial run of this study's parent run (all workers' ones)."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+                max_results=1000, page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    # ------------------------------------------------------------------ study-wide refresh
+    def _refresh(self, hypervolume: float | None = None) -> None:
+        """Re-tag ``pareto`` on every trial run, close runs of trials that ended elsewhere
+        (a dead worker's), and rewrite the parent run's front, hypervolume and trial table."""
+        from optuna.trial import TrialState
+
+        from aam_search.search.orchestrator import HYPERVOLUME_ATTR
+
+        objectives = self.config.objectives
+        trials = [t for t in self.study.get_trials(deepcopy=False) if "aam:discarded" not in t.user_attrs]
+        by_number = {t.number: t for t in trials}
+        front = {t.number for t in pareto_front(trials, objectives)}
+        run_ids: dict[int, str] = {}
+        for run in self.child_runs():
+            try:
+                number = int(run.data.tags.get(TRIAL_TAG, ""))
+            except ValueError:
+                continue
+            run_ids[number] = run.info.run_id
+            wanted = "true" if number in front else "false"
+            if run.data.tags.get(PARETO_TAG) != wanted:
+                self.client.set_tag(run.info.run_id, PARETO_TAG, wanted)
+            trial = by_number.get(number)
+            if run.info.status == "RUNNING" and number not in self.runs and trial is not None \
+                    and trial.state in (TrialState.COMPLETE, TrialState.FAIL):
+                tags = {STATE_TAG: trial.state.name}
+                if trial.state == TrialState.FAIL:
+                    tags[REASON_TAG] = str(trial.user_attrs.get(REASON, "failed in another process"))[:MAX_TAG]
+                self._log(run.info.run_id, tags=tags)
+                self.client.set_terminated(run.info.run_id,
+                                           status="FINISHED" if trial.state == TrialState.COMPLETE else "FAILED")
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        if hypervolume is not None:
+            self._log(self.parent_run_id, step=done, metrics={
+                "hypervolume": hypervolume, "completed_trials": done, "front_size": len(front),
+                "failed_trials": sum(t.state == TrialState.FAIL for t in trials),
+            })
+        points = [
+            TrialPoint(number=t.number, state=t.state.name, values=list(t.values) if t.values else None,
+                       feasible=feasible(t) if t.state == TrialState.COMPLETE else True,
+                       on_front=t.number in front, params=dict(t.params), attrs=dict(t.user_attrs),
+                       run_id=run_ids.get(t.number))
+            for t in trials
+        ]
+        history = self.study.user_attrs.get(HYPERVOLUME_ATTR) or []
+        title = f"study {self.config.name}: {done} completed, {len(front)} on the front"
+        with tempfile.TemporaryDirectory(prefix="aam-mlflow-") as folder:
+            folder_path = Path(folder)
+            pareto_html(points, objectives, self.baseline, folder_path / "pareto_front.html", title)
+            pareto_png(points, objectives, self.baseline, folder_path / "pareto_front.png", title)
+            hypervolume_png(history, folder_path / "hypervolume.png", f"hypervolume of study {self.config.name}")
+            hypervolume_csv(history, folder_path / "hypervolume.csv")
+            write_csv(trial_rows(points, objectives), folder_path / "trials.csv")
+            self.client.log_artifacts(self.parent_run_id, folder)

@@ -1,0 +1,32 @@
+"""``aam-search ui``: the MLflow UI over a work folder's store (or any database store)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+from aam_search.tracking.store import default_artifact_root, is_remote, redact_uri, resolve_tracking_uri
+
+
+class UIError(ValueError):
+    """Nothing to show: no store in the work folder, or a server URI (already has a UI)."""
+
+
+def ui_command(*, workdir: str | Path | None = None, tracking_uri: str | None = None, host: str = "127.0.0.1",
+               port: int = 5000, workers: int = 1) -> tuple[list[str], str]:
+    """The ``mlflow ui`` command line for a work folder's store, and the URL it serves."""
+    if (workdir is None) == (tracking_uri is None):
+        raise UIError("give exactly one of --workdir DIR or --tracking-uri URI")
+    if tracking_uri is not None and is_remote(tracking_uri):
+        raise UIError(f"{redact_uri(tracking_uri)} is a tracking server already: open it in a browser")
+    folder = Path(workdir if workdir is not None else ".").expanduser().resolve()
+    uri = resolve_tracking_uri(tracking_uri, folder)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        where = f"in {folder}" if workdir is not None else f"at {uri}"
+        raise UIError(f"no MLflow store {where} (mlflow.db appears when a study starts)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--default-artifact-root", default_artifact_root(folder),
+               "--host", host, "--port", str(port), "--workers", str(workers)]
+    shown_host = socket.gethostname() if host in ("0.0.0.0", "::") else host
+    return command, f"http://{shown_host}:{port}"

@@ -1,0 +1,67 @@
+"""The parent run's plots and tables, on hand-made trials."""
+
+from __future__ import annotations
+
+import csv
+from html.parser import HTMLParser
+
+from aam_search.tracking.plots import TrialPoint, hypervolume_csv, hypervolume_png, pareto_png, svg_page, trial_rows, write_csv
+
+OBJECTIVES = ["utility", "leakage"]
+POINTS = [
+    TrialPoint(0, "COMPLETE", [0.80, 0.60], on_front=True, params={"loss.w_lc": 100.0}, attrs={"utility_drop": 0.0},
+               run_id="abc"),
+    TrialPoint(1, "COMPLETE", [0.70, 0.30], on_front=True, params={"loss.w_lc": 1.0}),
+    TrialPoint(2, "COMPLETE", [0.60, 0.50], params={"loss.w_lc": 10.0}),
+    TrialPoint(3, "COMPLETE", [0.75, 0.20], feasible=False),
+    TrialPoint(4, "FAIL", None, attrs={"aam:reason": "diverged: <loss> & more"}),
+]
+BASELINE = {"utility": 0.82, "leakage": 0.65}
+
+
+class Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[str] = []
+        self.titles: list[str] = []
+        self._in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self._in_title = tag == "title"
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.titles.append(data)
+
+    def handle_endtag(self, tag):
+        self._in_title = False
+
+
+def test_svg_page_is_self_contained_with_hover_details():
+    page = svg_page(POINTS, OBJECTIVES, BASELINE, "study x <y>")
+    parser = Collector()
+    parser.feed(page)
+    assert "svg" in parser.tags and "script" in parser.tags
+    assert "<script src" not in page and "<link" not in page  # nothing fetched
+    hovers = "\n".join(parser.titles)
+    assert "trial 0 (Pareto front)" in hovers and "loss.w_lc = 100.0" in hovers and "MLflow run abc" in hovers
+    assert "trial 3 (infeasible)" in hovers and "raw features" in hovers
+    assert "study x <y>" in parser.titles[0]
+
+
+def test_svg_page_without_trials():
+    assert "<svg" in svg_page([], OBJECTIVES, {}, "empty")
+
+
+def test_pngs_and_tables(tmp_path):
+    assert pareto_png(POINTS, OBJECTIVES, BASELINE, tmp_path / "f.png", "t").read_bytes()[:4] == b"\x89PNG"
+    history = [[1, 0.0], [2, 0.1], [3, 0.15]]
+    assert hypervolume_png(history, tmp_path / "h.png", "t").stat().st_size > 0
+    rows = list(csv.DictReader(open(hypervolume_csv(history, tmp_path / "h.csv"))))
+    assert rows == [{"completed": "1", "hypervolume": "0.0"}, {"completed": "2", "hypervolume": "0.1"},
+                    {"completed": "3", "hypervolume": "0.15"}]
+    table = trial_rows(POINTS, OBJECTIVES)
+    assert table[4]["state"] == "FAIL" and table[4]["reason"].startswith("diverged") and table[4]["utility"] is None
+    written = list(csv.DictReader(open(write_csv(table, tmp_path / "t.csv"))))
+    assert [r["pareto"] for r in written] == ["True", "True", "False", "False", "False"]
