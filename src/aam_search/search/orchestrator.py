@@ -9,7 +9,6 @@ worker`` runs the same loop against an existing study from another machine.
 from __future__ import annotations
 
 import json
-import math
 import signal
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from aam_search.search.study import (
 from aam_search.spaces import SearchSpace, merge_overrides, resolve_space
 from aam_search.trainer.baseline import raw_baseline
 from aam_search.trainer.config import TrialConfig, parse_trial_config
+from aam_search.trainer.reporter import finite_number
 
 CONFIG_ATTR = "aam:config"
 BASELINE_ATTR = "aam:baseline"
@@ -225,7 +225,7 @@ class Orchestrator:
             self._fail(trial, str(error), retry=False)
             return
         if self.config.max_utility_drop is not None:
-            drop = _finite(result.get("utility_drop"))
+            drop = finite_number(result.get("utility_drop"))
             if drop is None:  # Optuna refuses a NaN constraint; raw utility 0 gives one
                 self._fail(trial, f"cannot check max_utility_drop: utility_drop is {result.get('utility_drop')!r} "
                                   f"(raw utility {result.get('raw_utility')!r})", retry=False)
@@ -279,13 +279,6 @@ class Orchestrator:
         )
 
 
-def _finite(value: Any) -> float | None:
-    """A number from result.json (which writes NaN as a string), or None if not finite."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def trial_out_dir(workdir: Path, number: int) -> Path:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aam_search.search.study import objective_direction
+from aam_search.trainer.reporter import finite_number
 
 
 @dataclass
@@ -43,12 +44,6 @@ def _label(name: str) -> str:
     return f"{name} ({arrow})"
 
 
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _completed(points: Sequence[TrialPoint]) -> list[TrialPoint]:
@@ -64,7 +59,7 @@ def _hover(point: TrialPoint, objectives: Sequence[str]) -> str:
              + ("" if point.feasible else " (infeasible)")]
     lines += [f"{name}: {value:.4g}" for name, value in zip(objectives, point.values or [], strict=False)]
     for key in ("utility_drop", "leakage_reduction"):
-        value = _number(point.attrs.get(key))
+        value = finite_number(point.attrs.get(key))
         if value is not None:
             lines.append(f"{key}: {100 * value:+.1f}%")
     lines += [f"{name} = {value}" for name, value in sorted(point.params.items())]
@@ -133,7 +128,7 @@ def pareto_png(points: Sequence[TrialPoint], objectives: Sequence[str], baseline
         for point in front:
             axes.annotate(str(point.number), (point.values[xi], point.values[yi]), textcoords="offset points",
                           xytext=(4, 4), fontsize=7)
-    raw = (_number(baseline.get(objectives[xi])), _number(baseline.get(objectives[yi])))
+    raw = (finite_number(baseline.get(objectives[xi])), finite_number(baseline.get(objectives[yi])))
     if raw[0] is not None and raw[1] is not None:
         axes.scatter([raw[0]], [raw[1]], marker="*", c="black", s=120, zorder=4, label="raw features")
     axes.set_xlabel(_label(objectives[xi]))
@@ -195,7 +190,7 @@ def _plotly_html(points, objectives, baseline, path: Path, title: str) -> Path:
                 mode="lines+markers" if name == "Pareto front" else "markers",
                 line={"shape": "hv", "width": 1}, marker={"color": colour, "symbol": symbol, "size": 9},
                 text=[_hover(p, objectives).replace("\n", "<br>") for p in group], hoverinfo="text"))
-    raw = (_number(baseline.get(objectives[xi])), _number(baseline.get(objectives[yi])))
+    raw = (finite_number(baseline.get(objectives[xi])), finite_number(baseline.get(objectives[yi])))
     if raw[0] is not None and raw[1] is not None:
         figure.add_trace(go.Scatter(x=[raw[0]], y=[raw[1]], name="raw features", mode="markers",
                                     marker={"color": "black", "symbol": "star", "size": 14}))
@@ -222,7 +217,7 @@ def svg_page(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: 
     xi, yi = _axes(objectives)
     width, height, left, right, top, bottom = 760, 480, 70, 20, 40, 55
     done = _completed(points)
-    raw = (_number(baseline.get(objectives[xi])), _number(baseline.get(objectives[yi])))
+    raw = (finite_number(baseline.get(objectives[xi])), finite_number(baseline.get(objectives[yi])))
     xs = [p.values[xi] for p in done] + ([raw[0]] if raw[0] is not None and raw[1] is not None else [])
     ys = [p.values[yi] for p in done] + ([raw[1]] if raw[0] is not None and raw[1] is not None else [])
     if not xs:
@@ -290,7 +285,7 @@ def svg_page(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: 
     for point in sorted(front, key=lambda p: p.values[xi]):
         cells = [str(point.number), *(f"{v:.4g}" for v in point.values)]
         for key in ("utility_drop", "leakage_reduction"):
-            value = _number(point.attrs.get(key))
+            value = finite_number(point.attrs.get(key))
             cells.append("-" if value is None else f"{100 * value:+.1f}%")
         cells.append(", ".join(f"{k}={v}" for k, v in sorted(point.params.items())))
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")

@@ -45,6 +45,7 @@ from aam_search.tracking.store import (
     redact_uri,
     resolve_tracking_uri,
 )
+from aam_search.trainer.reporter import finite_number
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +86,6 @@ class Promotion:
 
 
 # ---------------------------------------------------------------- choosing a trial
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def choose_trial(
@@ -121,11 +116,11 @@ def choose_trial(
     limit = DEFAULT_MAX_UTILITY_DROP if max_utility_drop is None else max_utility_drop
     eligible = []
     for t in done:
-        drop, leak = _number(t.user_attrs.get("utility_drop")), _number(t.user_attrs.get("leakage"))
+        drop, leak = finite_number(t.user_attrs.get("utility_drop")), finite_number(t.user_attrs.get("leakage"))
         if drop is not None and leak is not None and drop <= limit:
-            eligible.append((leak, -(_number(t.user_attrs.get("utility")) or 0.0), t.number, t))
+            eligible.append((leak, -(finite_number(t.user_attrs.get("utility")) or 0.0), t.number, t))
     if not eligible:
-        drops = [(d, t.number) for t in done if (d := _number(t.user_attrs.get("utility_drop"))) is not None]
+        drops = [(d, t.number) for t in done if (d := finite_number(t.user_attrs.get("utility_drop"))) is not None]
         if drops:
             best = min(drops)
             hint = f"the smallest utility drop is {best[0]:.4f} (trial {best[1]})"
@@ -148,7 +143,7 @@ def _knee(trials: list[FrozenTrial], objectives: list[str], baseline: dict[str, 
         for i, name in enumerate(objectives):
             column = [r[i] for r in values]
             ideal = max(column) if objective_direction(name) == "maximize" else min(column)
-            raw = _number(baseline.get(name))
+            raw = finite_number(baseline.get(name))
             scale = abs(raw) if raw else (max(column) - min(column)) or 1.0
             total += ((row[i] - ideal) / scale) ** 2
         scores.append((math.sqrt(total), t.number, t))
@@ -268,7 +263,7 @@ def promote(
     objectives = (study.user_attrs.get(CONFIG_ATTR) or {}).get("objectives") or ["utility", "leakage"]
     chosen, rule = choose_trial(trials, objectives, trial=trial, max_utility_drop=max_utility_drop, knee=knee,
                                 baseline=study.user_attrs.get(BASELINE_ATTR) or {})
-    shown = {key: _number(chosen.user_attrs.get(key)) for key in ("utility", "leakage", "utility_drop")}
+    shown = {key: finite_number(chosen.user_attrs.get(key)) for key in ("utility", "leakage", "utility_drop")}
     say(f"chose trial {chosen.number} ({rule}); validation: "
         + ", ".join(f"{key} {'n/a' if value is None else format(value, '.4f')}" for key, value in shown.items()))
     uri = study_tracking_uri(study, tracking_uri)

@@ -33,6 +33,16 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def finite_number(value: Any) -> float | None:
+    """A number read back from a result file (NaN/Inf were written as strings), or None
+    when it is missing, not a number or not finite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 class TrialReporter:
     def __init__(self, out_dir: str | Path, *, enabled: bool = True):
         self.out_dir = Path(out_dir)
