@@ -6,7 +6,13 @@ The same adapter, objective, batches and epochs, timed two ways in one run:
             which is what training without a cache costs.
 Prints seconds per epoch for each and their ratio (the paper: 185.3 min vs 1.4 min, ~130x).
 
+The ratio is the frozen encoder's cost (plus decoding) over the adapter's, so it depends on
+the encoder: `tiny3d` is our small offline CNN; `vit-s` is VideoMAE ViT-S/16 at 112 px and
+`vit-b` the paper's VideoMAE ViT-B/16 (D=768) at 224 px, both with random weights (the cost
+does not depend on them).
+
     .venv/bin/python bench/trial_cost.py --workdir work/bench --videos 240 --epochs 3
+    .venv/bin/python bench/trial_cost.py --workdir work/bench-vit --videos 96 --epochs 2 --batch-size 16 --encoder vit-s
 """
 
 from __future__ import annotations
@@ -25,12 +31,26 @@ from aam_search.data.decode_pool import DecodeJob, DecodePool
 from aam_search.data.manifest import read_manifest
 from aam_search.data.synth import synthesize
 from aam_search.encoders import build_encoder
-from aam_search.features.config import ExtractConfig
+from aam_search.features.config import EncoderConfig, ExtractConfig
 from aam_search.features.extract import extract_features, resolve_clip_settings
 from aam_search.trainer.data import Batch, TrainingData, video_targets
 from aam_search.trainer.losses import LossWeights
 from aam_search.trainer.model import AdapterConfig, TaskHeads, build_adapter
 from aam_search.trainer.objective import AAMObjective
+
+
+def _videomae(hidden: int, heads: int, size: int) -> EncoderConfig:
+    config = {"hidden_size": hidden, "num_hidden_layers": 12, "num_attention_heads": heads,
+              "intermediate_size": 4 * hidden, "image_size": size, "patch_size": 16, "num_frames": 16,
+              "tubelet_size": 2}
+    return EncoderConfig(name="videomae", options={"config": config})
+
+
+ENCODERS = {
+    "tiny3d": EncoderConfig(),
+    "vit-s": _videomae(384, 6, 112),
+    "vit-b": _videomae(768, 12, 224),  # the paper's encoder size: VideoMAE ViT-B/16, 16 x 224 x 224
+}
 
 
 def make_objective(dim: int, classes: int, seed: int) -> tuple[AAMObjective, torch.optim.Optimizer]:
@@ -93,18 +113,21 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=240)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--encoder", choices=sorted(ENCODERS), default="tiny3d")
     args = parser.parse_args()
     workdir = Path(args.workdir).resolve()
     manifest = workdir / "data" / "manifest.csv"
     if not manifest.is_file():
         synthesize(workdir / "data", args.videos, seed=0)
-    config = ExtractConfig(manifest=manifest, cache_root=workdir / "cache")
+    config = ExtractConfig(manifest=manifest, cache_root=workdir / "cache", encoder=ENCODERS[args.encoder])
     cache = extract_features(config, show_progress=False).cache
     data = TrainingData(cache)
     classes = len(cache.meta["action_classes"])
     cached = train_cached(data, args.epochs, args.batch_size, classes)
     video = train_from_video(data, manifest, config, args.epochs, args.batch_size, classes)
     report = {
+        "encoder": args.encoder,
+        "dim": data.cache.dim,
         "videos": len(data),
         "epochs": args.epochs,
         "cached_s_per_epoch": round(cached, 4),
