@@ -32,7 +32,7 @@ data:
 space: loss-weights               # loss-weights | adapter-size | paper | full | path/to/space.yaml
 objectives: [utility, leakage]    # also leakage:static, leakage:clip, task:<name>, params, combined
 # max_utility_drop: 0.01          # constraint: at most 1% relative utility drop against raw features
-sampler: gp                       # gp | tpe | nsga2 | nsga3 | random | grid (with space: paper)
+sampler: tpe                      # tpe | nsga2 | nsga3 | gp | random | grid (with space: paper)
 seed: 0
 n_trials: 24
 enqueue_paper_default: true       # the paper's w_LC=100, w_T=1, w_B=1 runs first

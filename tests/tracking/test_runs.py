@@ -47,7 +47,7 @@ def test_one_experiment_with_one_parent_run(tracked):
     parent = parents[0]
     assert parent.info.run_name == "study-tiny" and parent.info.status == "FINISHED"
     params = parent.data.params
-    assert params["space"] == "loss-weights" and params["sampler"] == "gp"
+    assert params["space"] == "loss-weights" and params["sampler"] == "tpe"
     assert params["objectives"] == "utility,leakage" and params["seed"] == "0"
     assert "loss.w_lc" in params["space.params"] and "space.loss.w_lc" in params
     assert params["trial.optim.batch_size"] == "4"

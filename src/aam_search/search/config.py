@@ -63,7 +63,7 @@ class StudyConfig(BaseModel):
     trial: dict[str, Any] = Field(default_factory=dict, description="TrialConfig fields shared by every trial")
     objectives: list[str] = Field(default_factory=lambda: ["utility", "leakage"], min_length=2)
     max_utility_drop: float | None = Field(default=None, ge=0, description="constraint, relative to raw")
-    sampler: Literal["tpe", "nsga2", "nsga3", "gp", "random", "grid"] = "gp"  # won bench/search_efficiency.py
+    sampler: Literal["tpe", "nsga2", "nsga3", "gp", "random", "grid"] = "tpe"  # won bench/search_efficiency.py (5 seeds)
     seed: int = 0
     n_trials: int = Field(default=12, ge=1)
     enqueue_paper_default: bool = True
