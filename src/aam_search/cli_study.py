@@ -46,6 +46,8 @@ max_parallel: 1                   # concurrent trials on CPU (GPUs are found aut
 gpus_per_trial: 1
 trial_timeout_s: 3600
 max_retries: 1
+# tracking_uri: http://127.0.0.1:5000   # MLflow; default sqlite:///<workdir>/mlflow.db
+# track: false                   # no MLflow at all
 """
 
 
