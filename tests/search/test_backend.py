@@ -248,3 +248,19 @@ def test_a_trial_dies_with_its_orchestrator(tmp_path):
         parent.stdout.close()
         if trial is not None and trial.is_running():
             trial.kill()
+
+
+def test_poll_metrics_returns_each_epoch_once_and_waits_for_a_whole_line(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "pass"])
+    sleeper.wait()
+    running = backend.RunningTrial(0, tmp_path, sleeper, Slot(gpus=[], threads=1, port=29500), time.time(), 60.0, None)
+    assert running.poll_metrics() == []  # no file yet
+    path = tmp_path / "metrics.jsonl"
+    with path.open("w") as out:
+        out.write(json.dumps({"epoch": 0, "loss": 1.0}) + "\n" + '{"epoch": 1, "lo')  # epoch 1 half written
+        out.flush()
+        assert running.poll_metrics() == [{"epoch": 0, "loss": 1.0}]
+        assert running.poll_metrics() == []
+        out.write('ss": 0.5}\n' + "not json\n" + json.dumps({"epoch": 2, "loss": 0.25}) + "\n")
+    assert running.poll_metrics() == [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
+    assert [line["epoch"] for line in running.metrics] == [0, 1, 2]

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from aam_search.trainer.reporter import METRICS_FILE, RESULT_FILE, read_metrics
+from aam_search.trainer.reporter import METRICS_FILE, RESULT_FILE
 
 LOG_FILE = "trial.log"
 CONFIG_FILE = "trial.yaml"
@@ -129,16 +129,29 @@ class RunningTrial:
     log: Any
     metrics: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str | None = None
+    metrics_offset: int = 0  # bytes of metrics.jsonl already read: each poll reads only what is new
 
     @property
     def elapsed(self) -> float:
         return time.time() - self.started
 
     def poll_metrics(self) -> list[dict[str, Any]]:
-        """New epoch lines since the last poll."""
-        lines = read_metrics(self.out_dir / METRICS_FILE)
-        new = lines[len(self.metrics):]
-        self.metrics = lines
+        """New epoch lines since the last poll; a line still being written waits for its newline."""
+        try:
+            with open(self.out_dir / METRICS_FILE, "rb") as handle:
+                handle.seek(self.metrics_offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return []
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.metrics_offset += len(complete)
+        new = []
+        for line in complete.splitlines():
+            try:
+                new.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a killed writer; the next one is whole
+                continue
+        self.metrics.extend(new)
         return new
 
     def finished(self) -> bool:
