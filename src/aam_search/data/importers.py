@@ -109,12 +109,7 @@ def import_ucf101(
             else:
                 test.append((action, video))
 
-    val_groups = _pick_val_groups({group for _, _, group in train}, val_fraction, seed)
-    rows = [
-        _row(out_dir, video, "val" if group in val_groups else "train", action)
-        for action, video, group in train
-    ] + [_row(out_dir, video, "test", action) for action, video in test]
-    return _write(out, rows, skipped)
+    return _write_grouped(out, out_dir, train, test, skipped, val_fraction, seed)
 
 
 def import_hmdb51(
@@ -158,12 +153,7 @@ def import_hmdb51(
             else:
                 test.append((action, video))
 
-    val_groups = _pick_val_groups({group for _, _, group in train}, val_fraction, seed)
-    rows = [
-        _row(out_dir, video, "val" if group in val_groups else "train", action)
-        for action, video, group in train
-    ] + [_row(out_dir, video, "test", action) for action, video in test]
-    return _write(out, rows, skipped)
+    return _write_grouped(out, out_dir, train, test, skipped, val_fraction, seed)
 
 
 def import_kinetics(
@@ -289,6 +279,24 @@ def _write(
     manifest = write_manifest(out, rows, columns)
     counts = Counter(str(row["split"]) for row in rows)
     return ImportReport(manifest, {split: counts[split] for split in SPLITS}, skipped)
+
+
+def _write_grouped(
+    out: str | Path,
+    out_dir: Path,
+    train: list[tuple[str, Path, GroupKey]],
+    test: list[tuple[str, Path]],
+    skipped: list[SkippedEntry],
+    val_fraction: float,
+    seed: int,
+) -> ImportReport:
+    """Write a manifest whose val split is whole groups of train (no group on both sides)."""
+    val_groups = _pick_val_groups({group for _, _, group in train}, val_fraction, seed)
+    rows = [
+        _row(out_dir, video, "val" if group in val_groups else "train", action)
+        for action, video, group in train
+    ] + [_row(out_dir, video, "test", action) for action, video in test]
+    return _write(out, rows, skipped)
 
 
 def _pick_val_groups(groups: Iterable[GroupKey], val_fraction: float, seed: int) -> set[GroupKey]:
