@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from aam_search.search.orchestrator import Orchestrator
+from aam_search.search.study import redact
 from aam_search.tracking.errors import TrackingUnavailable
 from aam_search.tracking.store import (
     artifact_location,
     connect,
     default_tracking_uri,
-    redact_uri,
     resolve_tracking_uri,
 )
 from tests.tracking.conftest import tiny_config
@@ -34,7 +34,7 @@ def test_default_uri_is_absolute_and_in_the_workdir(tmp_path, monkeypatch):
     assert resolve_tracking_uri("http://host:5000", "x") == "http://host:5000"
     assert artifact_location("http://host:5000", "x") is None
     assert artifact_location("sqlite:////a/b.db", tmp_path) == (tmp_path / "mlartifacts").as_uri()
-    assert redact_uri("https://me:secret@host:5000/x") == "https://me:***@host:5000/x"
+    assert redact("https://me:secret@host:5000/x") == "https://me:***@host:5000/x"
 
 
 def test_connect_creates_the_store_once(tmp_path):

@@ -31,7 +31,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from aam_search.search.pareto import completed, pareto_front
-from aam_search.search.study import REASON, objective_direction
+from aam_search.search.study import REASON, objective_direction, redact
 from aam_search.tracking.errors import PromotionError
 from aam_search.tracking.store import (
     artifact_location,
@@ -42,7 +42,6 @@ from aam_search.tracking.store import (
     fluent_uri,
     model_name,
     quiet_downloads,
-    redact_uri,
     resolve_tracking_uri,
 )
 from aam_search.trainer.reporter import finite_number
@@ -292,7 +291,7 @@ def promote(
     name = model_name(study_name)
     client.set_registered_model_alias(name, alias, version)
     client.set_tag(run_id, f"aam.alias.{alias}", f"version {version}")
-    say(f"registered {name} version {version} with alias {alias!r} in {redact_uri(uri)}")
+    say(f"registered {name} version {version} with alias {alias!r} in {redact(uri)}")
     return Promotion(study=study_name, trial=chosen.number, rule=rule, model_name=name, version=str(version),
                      alias=alias, run_id=run_id, tracking_uri=uri, test_metrics=test_metrics)
 

@@ -53,7 +53,6 @@ from aam_search.tracking.store import (
     connect,
     ensure_experiment,
     experiment_name,
-    redact_uri,
     resolve_tracking_uri,
 )
 
@@ -119,7 +118,7 @@ class StudyTracker:
         self.study = study
         self.baseline = dict(baseline)
         config = self.config
-        shown_uri = redact_uri(self.uri)
+        shown_uri = redact(self.uri)
         run = None
         stored = study.user_attrs.get(PARENT_ATTR)
         if stored and study.user_attrs.get(URI_ATTR) == shown_uri:
@@ -205,7 +204,7 @@ class StudyTracker:
                 logger.warning(
                     "MLflow tracking at %s failed on %r (%s: %s); the study goes on and Optuna still "
                     "records every trial. Tracking retries in %.0fs; further errors are not shown.",
-                    redact_uri(self.uri), event, type(error).__name__, str(error)[:300], PAUSE_AFTER_ERROR_S,
+                    redact(self.uri), event, type(error).__name__, str(error)[:300], PAUSE_AFTER_ERROR_S,
                 )
 
     def _on_prepared(self, payload: dict[str, Any]) -> None:

@@ -16,8 +16,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from aam_search.search.study import redact
 from aam_search.tracking.errors import TrackingUnavailable
 
 EXPERIMENT_PREFIX = "aam-"
@@ -71,18 +72,6 @@ def artifact_location(uri: str, workdir: str | Path) -> str | None:
     return None if is_remote(uri) else default_artifact_root(workdir)
 
 
-def redact_uri(uri: str) -> str:
-    """A tracking URI with any password hidden (for messages, tags and params)."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri.split("://", 1)[0] + "://***"
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def apply_http_defaults() -> None:
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -122,7 +111,7 @@ def connect(uri: str) -> Any:
     For a server, the first request is made without retries and with a short timeout, so a
     wrong host or port is reported in seconds rather than after minutes of back-off.
     """
-    shown = redact_uri(uri)
+    shown = redact(uri)
     remote = urlsplit(uri).scheme in ("http", "https")
     if remote:
         apply_http_defaults()

@@ -6,7 +6,8 @@ import socket
 import sys
 from pathlib import Path
 
-from aam_search.tracking.store import default_artifact_root, is_remote, redact_uri, resolve_tracking_uri
+from aam_search.search.study import redact
+from aam_search.tracking.store import default_artifact_root, is_remote, resolve_tracking_uri
 
 
 class UIError(ValueError):
@@ -19,7 +20,7 @@ def ui_command(*, workdir: str | Path | None = None, tracking_uri: str | None = 
     if (workdir is None) == (tracking_uri is None):
         raise UIError("give exactly one of --workdir DIR or --tracking-uri URI")
     if tracking_uri is not None and is_remote(tracking_uri):
-        raise UIError(f"{redact_uri(tracking_uri)} is a tracking server already: open it in a browser")
+        raise UIError(f"{redact(tracking_uri)} is a tracking server already: open it in a browser")
     folder = Path(workdir if workdir is not None else ".").expanduser().resolve()
     uri = resolve_tracking_uri(tracking_uri, folder)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
