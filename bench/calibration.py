@@ -14,12 +14,10 @@ import json
 import time
 from pathlib import Path
 
-from aam_search.data.synth import synthesize
-from aam_search.features.config import ExtractConfig
-from aam_search.features.extract import extract_features
 from aam_search.trainer.baseline import raw_baseline
 from aam_search.trainer.config import parse_trial_config
 from aam_search.trainer.train import run_trial
+from common import synthetic_cache
 
 # (label, loss overrides, optim overrides)
 SETTINGS = [
@@ -48,10 +46,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     workdir = Path(args.workdir).resolve()
-    manifest = workdir / "data" / "manifest.csv"
-    if not manifest.is_file():
-        synthesize(workdir / "data", args.videos, seed=0, images=args.videos // 6)
-    cache = extract_features(ExtractConfig(manifest=manifest, cache_root=workdir / "cache"), show_progress=False).cache
+    _, cache = synthetic_cache(workdir, args.videos, images=args.videos // 6)
 
     base = parse_trial_config({"cache": str(cache.path), "seed": args.seed})
     baseline = raw_baseline(cache, base.eval, seed=args.seed)

@@ -21,9 +21,6 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from aam_search.data.synth import synthesize
-from aam_search.features.config import ExtractConfig
-from aam_search.features.extract import extract_features
 from aam_search.search.config import DataConfig, StudyConfig
 from aam_search.search.pareto import hypervolume, objective_value, reference_point
 from aam_search.search.study import make_sampler
@@ -31,6 +28,7 @@ from aam_search.spaces import merge_overrides, resolve_space
 from aam_search.trainer.baseline import raw_baseline
 from aam_search.trainer.config import parse_trial_config
 from aam_search.trainer.train import run_trial
+from common import synthetic_cache
 
 TRIAL = {"optim": {"epochs": 50, "batch_size": 64, "lr": 1e-3}, "save_adapter": False}
 OBJECTIVES = ["utility", "leakage"]
@@ -69,10 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(logging.WARNING)
     workdir = Path(args.workdir).resolve()
-    manifest = workdir / "data" / "manifest.csv"
-    if not manifest.is_file():
-        synthesize(workdir / "data", args.videos, seed=0, images=args.videos // 6)
-    cache = extract_features(ExtractConfig(manifest=manifest, cache_root=workdir / "cache"), show_progress=False).cache
+    _, cache = synthetic_cache(workdir, args.videos, images=args.videos // 6)
     base = parse_trial_config({**TRIAL, "cache": str(cache.path)})
     baseline = raw_baseline(cache, base.eval, seed=0)
     raw = {"utility": baseline["tasks"]["action"]["top1"], "leakage": baseline["privacy"]["static"]["cmap"]}

@@ -29,14 +29,14 @@ import torch
 from aam_search.data.clips import tile_static, to_model_input
 from aam_search.data.decode_pool import DecodeJob, DecodePool
 from aam_search.data.manifest import read_manifest
-from aam_search.data.synth import synthesize
 from aam_search.encoders import build_encoder
 from aam_search.features.config import EncoderConfig, ExtractConfig
-from aam_search.features.extract import extract_features, resolve_clip_settings
+from aam_search.features.extract import resolve_clip_settings
 from aam_search.trainer.data import Batch, TrainingData, video_targets
 from aam_search.trainer.losses import LossWeights
 from aam_search.trainer.model import AdapterConfig, TaskHeads, build_adapter
 from aam_search.trainer.objective import AAMObjective
+from common import synthetic_cache
 
 
 def _videomae(hidden: int, heads: int, size: int) -> EncoderConfig:
@@ -78,10 +78,10 @@ def train_cached(data: TrainingData, epochs: int, batch_size: int, classes: int)
 
 
 def train_from_video(
-    data: TrainingData, manifest_path: Path, config: ExtractConfig, epochs: int, batch_size: int, classes: int
+    data: TrainingData, config: ExtractConfig, epochs: int, batch_size: int, classes: int
 ) -> float:
     """Each epoch decodes one clip and two static frames per video and re-encodes them."""
-    manifest = read_manifest(manifest_path)
+    manifest = read_manifest(config.manifest)
     encoder = build_encoder(config.encoder.name, dict(config.encoder.options))
     settings = resolve_clip_settings(config.clips, encoder)
     objective, optimizer = make_objective(data.cache.dim, classes, seed=0)
@@ -116,15 +116,11 @@ def main() -> None:
     parser.add_argument("--encoder", choices=sorted(ENCODERS), default="tiny3d")
     args = parser.parse_args()
     workdir = Path(args.workdir).resolve()
-    manifest = workdir / "data" / "manifest.csv"
-    if not manifest.is_file():
-        synthesize(workdir / "data", args.videos, seed=0)
-    config = ExtractConfig(manifest=manifest, cache_root=workdir / "cache", encoder=ENCODERS[args.encoder])
-    cache = extract_features(config, show_progress=False).cache
+    config, cache = synthetic_cache(workdir, args.videos, encoder=ENCODERS[args.encoder])
     data = TrainingData(cache)
     classes = len(cache.meta["action_classes"])
     cached = train_cached(data, args.epochs, args.batch_size, classes)
-    video = train_from_video(data, manifest, config, args.epochs, args.batch_size, classes)
+    video = train_from_video(data, config, args.epochs, args.batch_size, classes)
     report = {
         "encoder": args.encoder,
         "dim": data.cache.dim,
