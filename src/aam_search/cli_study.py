@@ -105,11 +105,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def _trial_rows(study, objectives: list[str], only_front: bool) -> list[dict[str, Any]]:
     from aam_search.search.pareto import pareto_front
+    from aam_search.search.study import counted
 
-    trials = pareto_front(study.get_trials(deepcopy=False), objectives) if only_front else [
-        t for t in study.get_trials(deepcopy=False) if "aam:discarded" not in t.user_attrs
-    ]
-    front = {t.number for t in pareto_front(study.get_trials(deepcopy=False), objectives)}
+    everything = study.get_trials(deepcopy=False)
+    front_trials = pareto_front(everything, objectives)
+    trials = front_trials if only_front else counted(everything)
+    front = {t.number for t in front_trials}
     rows = []
     for trial in trials:
         row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name, "pareto": trial.number in front}
@@ -148,10 +149,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
     from aam_search.search.orchestrator import CONFIG_ATTR, HYPERVOLUME_ATTR
-    from aam_search.search.study import load_existing_study
+    from aam_search.search.study import counted, load_existing_study
 
     study = load_existing_study(args.study, args.storage)
-    trials = [t for t in study.get_trials(deepcopy=False) if "aam:discarded" not in t.user_attrs]
+    trials = counted(study.get_trials(deepcopy=False))
     config = study.user_attrs.get(CONFIG_ATTR) or {}
     table = Table("state", "trials", title=f"study {args.study}")
     for state in TrialState:

@@ -30,6 +30,7 @@ from aam_search.search.study import (
     REASON,
     SLOT,
     admit,
+    counted,
     enqueue_start_points,
     open_study,
     opened_slots,
@@ -272,7 +273,7 @@ class Orchestrator:
         history = self.study.user_attrs.get(HYPERVOLUME_ATTR, [])
         return StudyOutcome(
             completed=sum(t.state == TrialState.COMPLETE for t in trials),
-            failed=sum(t.state == TrialState.FAIL and "aam:discarded" not in t.user_attrs for t in trials),
+            failed=sum(t.state == TrialState.FAIL for t in counted(trials)),
             interrupted=self.stopping is not None,
             front=pareto_front(trials, self.config.objectives),
             hypervolume=history[-1][1] if history else 0.0,

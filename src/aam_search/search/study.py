@@ -113,6 +113,11 @@ def slot_of(trial: FrozenTrial) -> int:
     return int(trial.user_attrs.get(SLOT, trial.number))
 
 
+def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The study's trials less those discarded because the budget was reached."""
+    return [t for t in trials if DISCARDED not in t.user_attrs]
+
+
 def opened_slots(trials: list[FrozenTrial], below: int | None = None) -> set[int]:
     return {
         slot_of(t)

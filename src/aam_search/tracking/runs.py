@@ -37,7 +37,7 @@ import yaml
 
 from aam_search.search.config import StudyConfig
 from aam_search.search.pareto import feasible, pareto_front
-from aam_search.search.study import ATTEMPT, REASON, SLOT, redact
+from aam_search.search.study import ATTEMPT, REASON, SLOT, counted, redact
 from aam_search.tracking.params import MAX_PARAM, finite_float, final_metrics, flatten, metric_key, study_params
 from aam_search.tracking.plots import (
     TrialPoint,
@@ -343,7 +343,7 @@ class StudyTracker:
         from aam_search.search.orchestrator import HYPERVOLUME_ATTR
 
         objectives = self.config.objectives
-        trials = [t for t in self.study.get_trials(deepcopy=False) if "aam:discarded" not in t.user_attrs]
+        trials = counted(self.study.get_trials(deepcopy=False))
         by_number = {t.number: t for t in trials}
         front = {t.number for t in pareto_front(trials, objectives)}
         run_ids: dict[int, str] = {}
