@@ -26,6 +26,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from aam_search.features.cache import CacheError
     from aam_search.features.config import ConfigError
     from aam_search.features.extract import ExtractionError
+    from aam_search.search.storage import StorageError
     from aam_search.search.study import StudyNotFound
     from aam_search.spaces import SpaceError
     from aam_search.tracking.errors import PromotionError, TrackingUnavailable
@@ -33,7 +34,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from aam_search.trainer.checkpoint import CheckpointError
 
     return (ManifestError, ImportFormatError, EncoderError, CacheError, ConfigError, ExtractionError,
-            CheckpointError, SpaceError, StudyNotFound, PromotionError, TrackingUnavailable, UIError)
+            CheckpointError, SpaceError, StudyNotFound, PromotionError, TrackingUnavailable, UIError,
+            StorageError)
 
 
 def _parse_option(text: str) -> tuple[str, Any]:

@@ -109,13 +109,15 @@ def run_study(config: StudyConfig, orchestrator: Orchestrator | None = None) -> 
 
 
 def load_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    storage = optuna.storages.RDBStorage(
-        url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    )
+    """The trials, read the way ``status`` reads them: never creating the schema (a poller
+    that did raced ``start`` creating it: ``table trial_values already exists``)."""
+    from aam_search.search.study import close_study, load_existing_study
+
+    study = load_existing_study(name, url)
     try:
-        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        return study.get_trials(deepcopy=False)
     finally:
-        storage.engine.dispose()
+        close_study(study)
 
 
 def complete(trials) -> list[optuna.trial.FrozenTrial]:

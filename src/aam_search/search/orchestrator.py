@@ -83,7 +83,7 @@ class Orchestrator:
         baseline = raw_baseline(self.cache, TrialConfig.model_validate(self.base_trial).eval, seed=self.base_trial["seed"])
         self.baseline, self.chance = self._baseline_values(baseline)
         self.reference = reference_point(config.objectives, self.baseline)
-        self.study = open_study(config, grid=self.space.grid())
+        self.study = open_study(config, grid=self.space.grid(), create=not self.worker)
         if not self.worker:
             self.study.set_user_attr(CONFIG_ATTR, json.loads(config.model_dump_json()) | {"storage": redact(config.storage_url)})
             self.study.set_user_attr(BASELINE_ATTR, self.baseline)

@@ -12,13 +12,22 @@ from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from aam_search.search.config import StudyConfig
+from aam_search.search.storage import (
+    OPTUNA,
+    Database,
+    connect_args,
+    creation_lock,
+    inspect_database,
+    is_ready,
+    refuse_foreign,
+    retry_creation_race,
+)
 
 # We drive heartbeats ourselves in an ask/tell loop (trials are child processes), which
 # Optuna supports but flags as experimental; the warnings would only alarm users.
@@ -70,27 +79,57 @@ def make_sampler(config: StudyConfig, grid: dict[str, list] | None) -> optuna.sa
     raise ValueError(f"unknown sampler {name!r}")
 
 
-def make_storage(config: StudyConfig) -> optuna.storages.BaseStorage:
-    url = config.storage_url
-    if url.startswith("sqlite:///"):
-        config.workdir.mkdir(parents=True, exist_ok=True)
+def make_storage(config: StudyConfig, *, create: bool = True) -> optuna.storages.BaseStorage:
+    """The study's storage with our heartbeats. ``create``: create the schema if needed
+    (``start``); otherwise (a ``worker``) it must be there already."""
     # Trials run in child processes, so the orchestrator beats for them; a worker that dies
     # stops beating, and another worker fails and re-enqueues its trials.
-    return optuna.storages.RDBStorage(
-        url,
-        engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {"connect_args": {"timeout": 60}},
+    return open_storage(
+        config.storage_url,
+        create=create,
         heartbeat_interval=config.heartbeat_interval_s,
         grace_period=config.heartbeat_grace_s,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=config.max_retries),
     )
 
 
+def open_storage(url: str, *, create: bool, **options: Any) -> optuna.storages.RDBStorage:
+    """Optuna's ``RDBStorage`` at ``url``, refusing a database of anything else.
+
+    ``create``: create the schema if needed, holding the creation lock (so no other opener
+    races it). Otherwise (``status``, ``front``, a ``worker``) nothing is ever created: a
+    database that is absent, empty or still being created is :class:`StudyNotFound`.
+    """
+    db = Database(url, OPTUNA, redact(url))
+    path = db.file
+    if path is not None and not create and not path.exists():
+        raise StudyNotFound(f"no study database at {path} (give --storage)")
+    with creation_lock(db, exclusive=create):
+        found = inspect_database(db)
+        refuse_foreign(db, found)
+        if not create and not is_ready(db, found):
+            raise StudyNotFound(f"{db.name} holds no study yet (aam-search start creates it)")
+        engine_kwargs: dict[str, Any] = {"connect_args": connect_args(url)}
+        if not url.startswith("sqlite"):
+            engine_kwargs["pool_pre_ping"] = True
+        try:
+            return retry_creation_race(lambda: optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, skip_table_creation=not create, **options))
+        except Exception as error:  # driver missing, server gone, schema of another Optuna version, ...
+            raise db.failure(error) from None
+
+
 def open_study(config: StudyConfig, grid: dict[str, list] | None = None, *, create: bool = True) -> optuna.Study:
+    """The study of ``config``: created (schema, study, objective names) by ``start``,
+    only loaded by a ``worker`` (``create=False``)."""
     optuna.logging.set_verbosity(logging.WARNING)
-    storage = make_storage(config)
+    storage = make_storage(config, create=create)
     sampler = make_sampler(config, grid)
     if not create:
-        return optuna.load_study(study_name=config.name, storage=storage, sampler=sampler)
+        try:
+            return optuna.load_study(study_name=config.name, storage=storage, sampler=sampler)
+        except KeyError:
+            raise StudyNotFound(f"no study named {config.name!r} in {redact(config.storage_url)}") from None
     study = optuna.create_study(
         study_name=config.name,
         storage=storage,
@@ -101,11 +140,14 @@ def open_study(config: StudyConfig, grid: dict[str, list] | None = None, *, crea
     existing = study.directions
     wanted = [optuna.study.StudyDirection.MINIMIZE if objective_direction(n) == "minimize"
               else optuna.study.StudyDirection.MAXIMIZE for n in config.objectives]
-    if list(existing) != wanted:
+    names = study.metric_names
+    if list(existing) != wanted or (names is not None and list(names) != list(config.objectives)):
         raise ValueError(
             f"study {config.name!r} already exists in {redact(config.storage_url)} with other objectives; "
             "use another name"
         )
+    if names is None:  # a new study: optuna-dashboard and trials_dataframe() show the names
+        study.set_metric_names(list(config.objectives))
     return study
 
 
@@ -173,17 +215,25 @@ def redact(url: str) -> str:
 
 
 def load_existing_study(name: str, storage: str | None) -> optuna.Study:
-    """Open a study someone started, with a message that names the storage when it is not there."""
+    """Open a study someone started, creating nothing; the message names the storage when
+    it is not there."""
     from aam_search.search.config import default_storage
 
     url = storage or default_storage(name)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise StudyNotFound(f"no study database at {url.removeprefix('sqlite:///')} (give --storage)")
     optuna.logging.set_verbosity(logging.WARNING)
+    rdb = open_storage(url, create=False)
     try:
-        return optuna.load_study(study_name=name, storage=url)
+        return optuna.load_study(study_name=name, storage=rdb)
     except KeyError:
+        rdb.engine.dispose()
         raise StudyNotFound(f"no study named {name!r} in {redact(url)}") from None
+
+
+def close_study(study: optuna.Study) -> None:
+    """Let go of the database connections of a study opened here (a poller opens it often)."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    if isinstance(storage, optuna.storages.RDBStorage):
+        storage.engine.dispose()
 
 
 class StudyNotFound(LookupError):

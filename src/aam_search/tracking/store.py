@@ -4,8 +4,8 @@ One machine: ``sqlite:///<absolute workdir>/mlflow.db`` with artifacts in
 ``<workdir>/mlartifacts``. Always absolute: MLflow's own default (``sqlite:///mlflow.db``)
 is relative to the current directory. Any other URI (an MLflow server, a database) works
 when configured. The store is created (its schema migrated) once by the orchestrator,
-before any trial starts, because several processes creating one SQLite store at once race
-on the migrations.
+before any trial starts, under the database's creation lock (``search.storage``): several
+processes migrating one fresh store at once fail with ``duplicate column name``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from aam_search.search.storage import (
+    MLFLOW,
+    Database,
+    creation_lock,
+    inspect_database,
+    refuse_foreign,
+    retry_creation_race,
+)
 from aam_search.search.study import redact
 from aam_search.tracking.errors import TrackingUnavailable
 
@@ -30,6 +38,7 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 FIRST_CONTACT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 
@@ -105,30 +114,40 @@ def make_client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def is_database(uri: str) -> bool:
+    """A database that MLflow opens itself (and creates or migrates on first use)."""
+    return urlsplit(uri).scheme.split("+")[0] in DATABASE_SCHEMES
+
+
 def connect(uri: str) -> Any:
     """Open (creating or migrating once) the tracking store at ``uri``; fail fast, naming it.
 
-    For a server, the first request is made without retries and with a short timeout, so a
-    wrong host or port is reported in seconds rather than after minutes of back-off.
+    A database store is looked at first: one that holds an Optuna study (or anything else
+    but MLflow) is refused unchanged. It is created holding its creation lock, so two
+    ``start``s on a fresh work folder do not run MLflow's migrations at once. For a server,
+    the first request is made without retries and with a short timeout, so a wrong host or
+    port is reported in seconds rather than after minutes of back-off.
     """
     shown = redact(uri)
     remote = urlsplit(uri).scheme in ("http", "https")
     if remote:
         apply_http_defaults()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    db = Database(uri, MLFLOW, shown) if is_database(uri) else None
     started = time.monotonic()
-    try:
-        with _environment(FIRST_CONTACT) if remote else contextlib.nullcontext():
-            client = make_client(uri)
-            client.search_experiments(max_results=1)
-    except Exception as error:  # MlflowException, connection errors, bad database URLs, ...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TrackingUnavailable(
-            f"cannot reach the MLflow tracking store at {shown} "
-            f"(after {time.monotonic() - started:.1f}s): {reason[:500]}. "
-            "Start the server, fix tracking_uri, or set track: false in the study config."
-        ) from None
+    with creation_lock(db, exclusive=True) if db is not None else contextlib.nullcontext():
+        if db is not None:
+            refuse_foreign(db, inspect_database(db))  # StorageError: one line, nothing changed
+        try:
+            with _environment(FIRST_CONTACT) if remote else contextlib.nullcontext():
+                client = make_client(uri)
+                retry_creation_race(lambda: client.search_experiments(max_results=1))
+        except Exception as error:  # MlflowException, connection errors, bad database URLs, ...
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise TrackingUnavailable(
+                f"cannot reach the MLflow tracking store at {shown} "
+                f"(after {time.monotonic() - started:.1f}s): {reason[:500]}. "
+                "Start the server, fix tracking_uri, or set track: false in the study config."
+            ) from None
     return client
 
 
