@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from aam_search.search.orchestrator import Orchestrator
-from aam_search.search.study import redact
+from aam_search.search.storage import StorageError
+from aam_search.search.study import open_study, redact
 from aam_search.tracking.errors import TrackingUnavailable
 from aam_search.tracking.store import (
     artifact_location,
@@ -83,3 +87,88 @@ def test_tracking_can_be_turned_off(small_cache, tmp_path):
     orchestrator.prepare()
     assert orchestrator.tracker is None and not orchestrator.hooks
     assert not (tmp_path / "work" / "mlflow.db").exists()
+
+
+# Several `start`s on one fresh work folder: each process connects to the same new mlflow.db
+# at once (forked after the imports, released together by a barrier).
+CONCURRENT_CONNECTS = """
+import json, multiprocessing, sys
+from aam_search.tracking.store import connect
+
+def work(uri, barrier, results):
+    barrier.wait()
+    try:
+        connect(uri)
+        results.put("ok")
+    except Exception as error:
+        results.put(f"{type(error).__name__}: {error}")
+
+if __name__ == "__main__":
+    uri, count = sys.argv[1], int(sys.argv[2])
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(count), context.Queue()
+    workers = [context.Process(target=work, args=(uri, barrier, results)) for _ in range(count)]
+    for worker in workers:
+        worker.start()
+    print(json.dumps([results.get(timeout=300) for _ in workers]))
+    for worker in workers:
+        worker.join()
+"""
+
+
+def test_concurrent_starts_create_a_fresh_mlflow_store_once(tmp_path):
+    """Before: the second one said 'cannot reach the MLflow tracking store ... Start the
+    server' (duplicate column name: step, table experiments already exists)."""
+    uri = default_tracking_uri(tmp_path / "work")
+    done = subprocess.run([sys.executable, "-c", CONCURRENT_CONNECTS, uri, "3"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["ok"] * 3
+    connect(uri).search_experiments()
+
+
+@pytest.fixture
+def both_stores(tmp_path):
+    """A study's optuna.db and an mlflow.db, both created for real."""
+    optuna_db, mlflow_db = tmp_path / "optuna.db", tmp_path / "mlflow.db"
+    config = tiny_config(tmp_path / "cache", tmp_path / "work", storage=f"sqlite:///{optuna_db}")
+    open_study(config)._storage._backend.engine.dispose()
+    connect(f"sqlite:///{mlflow_db}")
+    return optuna_db, mlflow_db
+
+
+def test_swapped_optuna_and_mlflow_stores_are_refused_and_left_unchanged(both_stores, tmp_path):
+    optuna_db, mlflow_db = both_stores
+    before = optuna_db.read_bytes(), mlflow_db.read_bytes()
+    with pytest.raises(StorageError) as error:  # the Optuna database given as tracking_uri
+        connect(f"sqlite:///{optuna_db}")
+    assert str(error.value).startswith(f"{optuna_db} is an Optuna study database, not an MLflow tracking store")
+    config = tiny_config(tmp_path / "cache", tmp_path / "work", storage=f"sqlite:///{mlflow_db}")
+    with pytest.raises(StorageError) as error:  # the MLflow store given as the study's storage
+        open_study(config)
+    assert str(error.value).startswith(f"{mlflow_db} is an MLflow tracking store, not an Optuna study database")
+    assert "swapped" in str(error.value) and "\n" not in str(error.value)
+    assert (optuna_db.read_bytes(), mlflow_db.read_bytes()) == before
+
+
+def test_swapped_stores_on_the_command_line(both_stores, write_config, capsys):
+    from aam_search.cli import main
+
+    optuna_db, mlflow_db = both_stores
+    before = optuna_db.read_bytes(), mlflow_db.read_bytes()
+    study_yaml = write_config(storage=f"sqlite:///{mlflow_db}", tracking_uri=f"sqlite:///{optuna_db}")
+    assert main(["start", "--config", str(study_yaml)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{optuna_db} is an Optuna study database" in err
+    assert main(["status", "tiny", "--storage", f"sqlite:///{mlflow_db}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{mlflow_db} is an MLflow tracking store" in err
+    assert (optuna_db.read_bytes(), mlflow_db.read_bytes()) == before
+
+
+def test_a_file_that_is_not_a_tracking_store_is_refused_unchanged(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"\x00garbage" * 300)
+    with pytest.raises(StorageError, match=f"{junk} is not an SQLite database"):
+        connect(f"sqlite:///{junk}")
+    assert junk.read_bytes() == b"\x00garbage" * 300
