@@ -13,7 +13,7 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
-from aam_search.search.study import REASON, slot_of
+from aam_search.search.study import REASON, StudyNotFound, slot_of
 from aam_search.trainer.reporter import read_metrics
 from tests.search.conftest import LONG_TRIAL, TINY_TRIAL, cli, complete, load_trials, spawn, wait_for
 
@@ -22,7 +22,7 @@ def training_trials(url: str, name: str) -> list:
     """RUNNING trials whose process has already written an epoch."""
     try:
         trials = load_trials(url, name)
-    except Exception:  # the study (or its database) is not there yet
+    except StudyNotFound:  # not created yet (reading never creates it: that raced start)
         return []
     running = [t for t in trials if t.state == TrialState.RUNNING and "out_dir" in t.user_attrs]
     return [t for t in running if read_metrics(Path(t.user_attrs["out_dir"]) / "metrics.jsonl")]

@@ -196,3 +196,39 @@ def test_a_file_that_is_not_an_optuna_database_is_refused_unchanged(tmp_path, ca
         assert main(["front", "s", "--storage", sqlite_url(path)]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert tables(other) == {"photos"}
+
+
+def test_concurrent_openers_of_a_fresh_postgresql_storage(postgres_url, tmp_path):
+    """The same race on a server (there under an advisory lock); then the study's database
+    given as an MLflow store is refused, its tables as they were."""
+    import sqlalchemy
+
+    from aam_search.tracking.store import connect
+
+    config = config_for(postgres_url, tmp_path)
+    barrier = threading.Barrier(6)
+    problems: list[str] = []
+    found: list[optuna.Study] = []
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            found.append(open_study(config))
+        except Exception as error:
+            problems.append(f"{type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not problems, problems
+    assert {s._study_id for s in found} == {found[0]._study_id} and len(found) == 6
+    for study in found:
+        close_study(study)
+    engine = sqlalchemy.create_engine(postgres_url)
+    before = set(sqlalchemy.inspect(engine).get_table_names())
+    with pytest.raises(StorageError, match="is an Optuna study database, not an MLflow tracking store"):
+        connect(postgres_url)
+    assert set(sqlalchemy.inspect(engine).get_table_names()) == before
+    engine.dispose()
