@@ -114,9 +114,9 @@ def _load_or_error(name: str, url: str):
 def test_readers_and_workers_never_create_the_schema(tmp_path):
     empty = tmp_path / "empty.db"
     empty.touch()
-    with pytest.raises(StudyNotFound, match=f"{empty} holds no study yet"):
+    with pytest.raises(StudyNotFound, match=f"no study named 's' in {empty} \\(it holds none yet"):
         load_existing_study("s", sqlite_url(empty))
-    with pytest.raises(StudyNotFound, match="holds no study yet"):
+    with pytest.raises(StudyNotFound, match="it holds none yet"):
         open_study(config_for(sqlite_url(empty), tmp_path), create=False)  # a worker
     assert empty.stat().st_size == 0
     # Half created (a creation that was killed): still nothing written by a reader.
@@ -125,7 +125,7 @@ def test_readers_and_workers_never_create_the_schema(tmp_path):
         connection.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY, study_name TEXT)")
         connection.execute("CREATE TABLE version_info (version_info_id INTEGER PRIMARY KEY)")
     before = half.read_bytes()
-    with pytest.raises(StudyNotFound, match="holds no study yet"):
+    with pytest.raises(StudyNotFound, match="it holds none yet"):
         load_existing_study("s", sqlite_url(half))
     assert half.read_bytes() == before and tables(half) == {"studies", "version_info"}
     missing = tmp_path / "missing.db"

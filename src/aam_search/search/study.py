@@ -87,13 +87,14 @@ def make_storage(config: StudyConfig, *, create: bool = True) -> optuna.storages
     return open_storage(
         config.storage_url,
         create=create,
+        study_name=config.name,
         heartbeat_interval=config.heartbeat_interval_s,
         grace_period=config.heartbeat_grace_s,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=config.max_retries),
     )
 
 
-def open_storage(url: str, *, create: bool, **options: Any) -> optuna.storages.RDBStorage:
+def open_storage(url: str, *, create: bool, study_name: str = "", **options: Any) -> optuna.storages.RDBStorage:
     """Optuna's ``RDBStorage`` at ``url``, refusing a database of anything else.
 
     ``create``: create the schema if needed, holding the creation lock (so no other opener
@@ -108,7 +109,8 @@ def open_storage(url: str, *, create: bool, **options: Any) -> optuna.storages.R
         found = inspect_database(db)
         refuse_foreign(db, found)
         if not create and not is_ready(db, found):
-            raise StudyNotFound(f"{db.name} holds no study yet (aam-search start creates it)")
+            raise StudyNotFound(f"no study named {study_name!r} in {db.name} (it holds none yet; "
+                                "aam-search start creates it)")
         engine_kwargs: dict[str, Any] = {"connect_args": connect_args(url)}
         if not url.startswith("sqlite"):
             engine_kwargs["pool_pre_ping"] = True
@@ -221,7 +223,7 @@ def load_existing_study(name: str, storage: str | None) -> optuna.Study:
 
     url = storage or default_storage(name)
     optuna.logging.set_verbosity(logging.WARNING)
-    rdb = open_storage(url, create=False)
+    rdb = open_storage(url, create=False, study_name=name)
     try:
         return optuna.load_study(study_name=name, storage=rdb)
     except KeyError:
