@@ -145,7 +145,7 @@ def test_the_study_names_its_objectives(tmp_path):
     again = load_existing_study("s", config.storage_url)
     assert again.metric_names == ["utility", "leakage"]
     # Other objectives with the same directions are another study, not this one.
-    with pytest.raises(ValueError, match="with other objectives"):
+    with pytest.raises(StorageError, match=r"with other objectives \(utility, leakage\)"):
         open_study(config_for(config.storage_url, tmp_path, objectives=["utility", "leakage:clip"]))
     assert load_existing_study("s", config.storage_url).metric_names == ["utility", "leakage"]
 

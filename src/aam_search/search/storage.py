@@ -60,7 +60,6 @@ MLFLOW = Kind("an MLflow tracking store", "MLflow tracking store",
 KINDS = (OPTUNA, MLFLOW)
 
 
-
 @dataclass(frozen=True)
 class Database:
     """A database as one tool sees it: its URL, whose it should be, and how to name it."""

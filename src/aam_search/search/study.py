@@ -21,6 +21,7 @@ from aam_search.search.config import StudyConfig
 from aam_search.search.storage import (
     OPTUNA,
     Database,
+    StorageError,
     connect_args,
     creation_lock,
     inspect_database,
@@ -111,6 +112,8 @@ def open_storage(url: str, *, create: bool, study_name: str = "", **options: Any
         if not create and not is_ready(db, found):
             raise StudyNotFound(f"no study named {study_name!r} in {db.name} (it holds none yet; "
                                 "aam-search start creates it)")
+        # skip_table_creation skips only create_all: Optuna still writes its version row and
+        # alembic stamp when they are missing, hence the is_ready check above for readers.
         engine_kwargs: dict[str, Any] = {"connect_args": connect_args(url)}
         if not url.startswith("sqlite"):
             engine_kwargs["pool_pre_ping"] = True
@@ -144,9 +147,9 @@ def open_study(config: StudyConfig, grid: dict[str, list] | None = None, *, crea
               else optuna.study.StudyDirection.MAXIMIZE for n in config.objectives]
     names = study.metric_names
     if list(existing) != wanted or (names is not None and list(names) != list(config.objectives)):
-        raise ValueError(
-            f"study {config.name!r} already exists in {redact(config.storage_url)} with other objectives; "
-            "use another name"
+        raise StorageError(
+            f"study {config.name!r} already exists in {redact(config.storage_url)} with other objectives "
+            f"({', '.join(names or [d.name.lower() for d in existing])}); use another name"
         )
     if names is None:  # a new study: optuna-dashboard and trials_dataframe() show the names
         study.set_metric_names(list(config.objectives))
