@@ -11,12 +11,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from aam_search.features.config import ConfigError, format_validation_error, load_yaml_mapping
+from aam_search.features.config import STRICT, ConfigError, Seed, format_validation_error, load_yaml_mapping
 from aam_search.trainer.model import AdapterConfig
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(**STRICT, frozen=True)
 
 
 class LossConfig(_Strict):
@@ -52,7 +52,7 @@ class OptimConfig(_Strict):
 
 class EvalConfig(_Strict):
     split: Literal["val", "test"] = "val"
-    protocols: tuple[Literal["static", "clip"], ...] = ("static", "clip")
+    protocols: tuple[Literal["static", "clip"], ...] = Field(default=("static", "clip"), strict=False)
     primary_protocol: Literal["static", "clip"] = "static"
     attacker_epochs: int = Field(default=60, ge=1)
     probe_epochs: int = Field(default=60, ge=1)
@@ -72,14 +72,14 @@ class GuardConfig(_Strict):
 
 
 class TrialConfig(_Strict):
-    cache: Path
-    seed: int = 0
+    cache: Path = Field(strict=False)
+    seed: Seed = 0
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
-    deepspeed: Path | None = Field(default=None, description="DeepSpeed JSON config (ZeRO stage etc.)")
+    deepspeed: Path | None = Field(default=None, strict=False, description="DeepSpeed JSON config (ZeRO stage etc.)")
     save_adapter: bool = True
 
     @field_validator("cache", "deepspeed")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 
-class AdapterConfig(BaseModel, extra="forbid", frozen=True):
+class AdapterConfig(BaseModel, extra="forbid", frozen=True, strict=True):
     """Shape of f_A. The paper's best: 3 self-attention layers, 8 heads."""
 
     kind: Literal["attention", "mlp"] = "attention"
