@@ -27,6 +27,7 @@ from aam_search.data.manifest import Manifest, read_manifest
 from aam_search.encoders import FrozenEncoder, build_encoder
 from aam_search.features.cache import (
     CACHE_FORMAT_VERSION,
+    DATA_FILES,
     FEATURES_FILE,
     LABELS_FILE,
     META_FILE,
@@ -34,6 +35,7 @@ from aam_search.features.cache import (
     CacheError,
     FeatureCache,
     cache_key,
+    file_records,
     write_json_atomic,
 )
 from aam_search.features.config import ClipConfig, ConfigError, ExtractConfig
@@ -41,7 +43,7 @@ from aam_search.features.labels import label_tensors, label_vocabulary
 from aam_search.features.progress import ExtractionProgress
 from aam_search.features.safetensors_io import TensorLayout, read_header, write_streaming
 
-FEATURE_NAMES = ("clip_features", "clip_video", "static_features", "static_video")
+FEATURE_NAMES = DATA_FILES[FEATURES_FILE]
 
 
 class ExtractionError(RuntimeError):
@@ -375,6 +377,7 @@ def _consolidate(cache_dir: Path, num_shards: int, wall_seconds: float) -> None:
     labels = load_file(str(cache_dir / LABELS_FILE))
     labels["valid"] = valid
     save_file(labels, str(cache_dir / LABELS_FILE))
+    meta["files"] = file_records(cache_dir)  # checked when a cache is opened and verified
     write_json_atomic(cache_dir / META_FILE, meta)
     shutil.rmtree(shard_dir, ignore_errors=True)
 
