@@ -225,6 +225,18 @@ class FeatureCache:
             keep &= (self.labels("attrs").numpy() >= 0).any(axis=1)
         return np.flatnonzero(keep)
 
+    def split_problem(self, split: str) -> str | None:
+        """Why ``split`` has no decoded video to use, or ``None`` if it has one."""
+        in_split = self.labels("split").numpy() == SPLIT_CODES[split]
+        decoded = int((in_split & self.labels("valid").numpy()).sum())
+        if decoded:
+            return None
+        listed = int(in_split.sum())
+        if not listed:
+            return f"{self.path}: the cache holds no {split} videos (the manifest lists none)"
+        return (f"{self.path}: all {listed} {split} video(s) failed to decode and were skipped; the reasons "
+                f"are under 'skipped' in {self.path / META_FILE} (`aam-search features info {self.path}`)")
+
     def summary(self) -> dict[str, Any]:
         meta = self.meta
         return {

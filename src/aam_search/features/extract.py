@@ -114,9 +114,11 @@ def extract_features(
     cache_dir = config.cache_root / key
     if (cache_dir / META_FILE).is_file():
         try:
-            return ExtractionResult(cache=FeatureCache.open(cache_dir), reused=True)
+            cache = FeatureCache.open(cache_dir)
         except CacheError:
-            pass  # unfinished: resume below
+            pass  # unfinished or damaged: resume (or redo) below
+        else:
+            return ExtractionResult(cache=_trainable(cache), reused=True)
 
     use_cuda = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
@@ -158,7 +160,7 @@ def extract_features(
     if accelerator.is_main_process:
         _consolidate(cache_dir, num_shards, time.perf_counter() - started)
     accelerator.wait_for_everyone()
-    cache = FeatureCache.open(cache_dir)
+    cache = _trainable(FeatureCache.open(cache_dir))
     return ExtractionResult(
         cache=cache,
         reused=False,
@@ -166,6 +168,14 @@ def extract_features(
         shards_resumed=resumed,
         skipped=cache.meta["skipped"],
     )
+
+
+def _trainable(cache: FeatureCache) -> FeatureCache:
+    """A cache whose train split decoded nothing can train no trial: say so now, with why."""
+    problem = cache.split_problem("train")
+    if problem:
+        raise ExtractionError(problem)
+    return cache
 
 
 class ExtractionInterrupted(ExtractionError):
