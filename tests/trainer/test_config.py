@@ -119,6 +119,7 @@ def test_relative_paths_resolve_against_the_yaml_folder(tmp_path, monkeypatch):
     folder = tmp_path / "trials" / "t1"
     folder.mkdir(parents=True)
     path = _write(folder, {"cache": "../../cache/key", "deepspeed": "ds.json"})
+    (folder / "ds.json").write_text("{}")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the current directory must not matter
@@ -197,3 +198,16 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
     message = str(caught.value)
     assert str(path) in message and "\n" not in message
     assert "line 5: key 'epochs' is given twice (first on line 3)" in message
+
+
+@pytest.mark.parametrize("text, problem", [("zero: 2\n", "is not JSON"), ("[1, 2]", "must be a JSON object"),
+                                           (None, "cannot read")])
+def test_a_deepspeed_file_that_is_no_json_object_is_named(tmp_path, text, problem):
+    if text is not None:
+        (tmp_path / "ds.yaml").write_text(text)
+    path = _write(tmp_path, {"cache": "c", "deepspeed": "ds.yaml"})
+    with pytest.raises(ConfigError) as caught:
+        load_trial_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: field 'deepspeed': {(tmp_path / 'ds.yaml').resolve()}: ")
+    assert problem in message and "\n" not in message

@@ -6,6 +6,7 @@ Every field is validated; errors name the dotted field. ``resolved()`` fills der
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -93,6 +94,22 @@ class TrialConfig(_Strict):
         return data
 
 
+def read_deepspeed_config(path: Path) -> dict:
+    """The DeepSpeed JSON config of a trial; a file that is missing or not a JSON object is a
+    ConfigError naming it (DeepSpeed itself says only ``Expecting value: line 1 column 1``)."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the DeepSpeed config ({error.strerror or error})") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: the DeepSpeed config is not JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the DeepSpeed config must be a JSON object, not {type(data).__name__}")
+    return data
+
+
 def parse_trial_config(data: dict, source: str = "trial config") -> TrialConfig:
     try:
         return TrialConfig.model_validate(data)
@@ -109,4 +126,10 @@ def load_trial_config(path: str | Path) -> TrialConfig:
         value = getattr(config, field)
         if value is not None and not value.is_absolute():
             updates[field] = (path.parent / value).resolve()
-    return config.model_copy(update=updates)
+    config = config.model_copy(update=updates)
+    if config.deepspeed is not None:
+        try:
+            read_deepspeed_config(config.deepspeed)
+        except ValueError as error:
+            raise ConfigError(f"{path}: field 'deepspeed': {error}") from None
+    return config
