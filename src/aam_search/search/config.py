@@ -23,6 +23,8 @@ from aam_search.features.config import (
 )
 
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "grid")
+STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+STUDY_NAME_RULE = "starts with a letter or digit and holds only letters, digits, '_', '.' and '-'"
 OBJECTIVE_PATTERN = re.compile(r"^(utility|leakage|leakage:(static|clip)|task:[\w.-]+|params|combined)$")
 
 
@@ -57,7 +59,7 @@ class DataConfig(BaseModel):
 class StudyConfig(BaseModel):
     model_config = STRICT
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=STUDY_NAME_PATTERN, description=f"a study name {STUDY_NAME_RULE}")
     workdir: Path | None = Field(default=None, strict=False, description="default: work/<name>")
     storage: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in workdir")
     data: DataConfig
