@@ -172,8 +172,7 @@ def extract_features(
 
 def _trainable(cache: FeatureCache) -> FeatureCache:
     """A cache whose train split decoded nothing can train no trial: say so now, with why."""
-    problem = cache.split_problem("train")
-    if problem:
+    if problem := cache.split_problem("train"):
         raise ExtractionError(problem)
     return cache
 
