@@ -153,10 +153,16 @@ def cmd_features_info(args: argparse.Namespace) -> None:
     from aam_search.features.cache import FeatureCache
 
     cache = FeatureCache.open(args.cache)
+    verified = cache.verify() if args.verify else None  # a changed file raises, naming it
     if args.json:
-        console.print_json(json.dumps({**cache.summary(), "skipped_videos": cache.meta["skipped"]}))
+        extra = {} if verified is None else {"verified": verified}
+        console.print_json(json.dumps({**cache.summary(), "skipped_videos": cache.meta["skipped"], **extra}))
         return
     _print_cache(cache)
+    if verified is not None:
+        for name, outcome in verified.items():
+            note = "" if outcome == "ok" else " (extracted before hashes were recorded: size and header checked)"
+            console.print(f"verified {name}: {outcome}{note}", highlight=False)
 
 
 def _print_cache(cache) -> None:
@@ -248,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = features.add_parser("info", help="show what a cache holds")
     info.add_argument("cache")
     info.add_argument("--json", action="store_true")
+    info.add_argument("--verify", action="store_true", help="re-hash the data files against meta.json")
     info.set_defaults(func=cmd_features_info)
 
     train = sub.add_parser("train", help="run one AAM trial (directly or under accelerate launch)")

@@ -6,9 +6,11 @@ import argparse
 import csv
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -169,11 +171,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _yaml_scalar(text: str) -> str:
+    """``text`` as it can stand after ``key:`` (before a comment): plain if YAML reads it back
+    unchanged, else double-quoted (a JSON string is a YAML string)."""
+    try:
+        plain = yaml.safe_load(f"key: {text}  # comment") == {"key": text}
+    except yaml.YAMLError:
+        plain = False
+    return text if plain and "\n" not in text else json.dumps(text)
+
+
+def starter_config(path: Path, name: str, manifest: str) -> str:
+    """The commented starter study.yaml; a name the study config would refuse is refused now."""
+    from aam_search.search.config import STUDY_NAME_PATTERN, STUDY_NAME_RULE
+
+    if not re.fullmatch(STUDY_NAME_PATTERN, name):
+        raise SystemExit(f"--name {name!r}: a study name {STUDY_NAME_RULE}")
+    return STARTER_CONFIG.format(path=json.dumps(str(path))[1:-1], name=name, manifest=_yaml_scalar(manifest))
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.out)
     if path.exists() and not args.force:
         raise SystemExit(f"{path} exists; pass --force to overwrite")
-    path.write_text(STARTER_CONFIG.format(path=path, name=args.name, manifest=args.manifest))
+    text = starter_config(path, args.name, args.manifest)
+    path.write_text(text)
     console.print(f"wrote {path}; edit data.manifest and run: aam-search start --config {path}")
     return 0
 

@@ -104,6 +104,10 @@ def test_split_rows_and_task_classes_reject_unknown_names(tmp_path: Path) -> Non
         ("path,split,action,attr:g\na.mp4,train,1,\nb.mp4,train,,\n", ["row 3", "neither"]),
         ("path,split,action\na.mp4,train,1,extra\n", ["row 2", "expected 3 cells"]),
         ("path,split,action\n", ["no data rows"]),
+        # a cell over the csv module's 128 KiB limit (`_csv.Error` before)
+        ("path,split,action\na.mp4,train,1\nb.mp4,train,\"" + "x" * (200 * 1024) + "\"\n",
+         ["row 3", "cannot parse the CSV", "field larger than field limit"]),
+        ("path" + "x" * (200 * 1024) + ",split\n", ["row 1", "cannot parse the CSV"]),
     ],
 )
 def test_invalid_manifests_name_file_row_and_column(tmp_path: Path, text: str, expected: list[str]) -> None:

@@ -129,3 +129,20 @@ def test_redact_hides_passwords(url, shown):
 
 def test_redact_hides_everything_of_a_url_it_cannot_parse():
     assert "secret" not in redact("not a url://user:secret@host")
+
+
+@pytest.mark.parametrize("name", ["bad name: {x}", "_leading", "a/b", "", "x\ny", "trailing\n"])
+def test_init_refuses_a_name_the_study_config_would_refuse(tmp_path, name):
+    path = tmp_path / "study.yaml"
+    with pytest.raises(SystemExit) as caught:
+        main(["init", "--out", str(path), "--name", name])
+    assert "a study name starts with a letter or digit and holds only letters, digits" in str(caught.value)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("manifest", ["data/my manifest.csv", "data: #1/m.csv", "{x}.csv", "'q'.csv", "yes"])
+def test_init_writes_valid_yaml_for_any_manifest_path(tmp_path, manifest):
+    path = tmp_path / "study.yaml"
+    assert main(["init", "--out", str(path), "--name", "ok.name_1", "--manifest", manifest]) == 0
+    config = load_study_config(path)
+    assert config.name == "ok.name_1" and config.data.manifest == tmp_path / manifest

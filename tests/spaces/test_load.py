@@ -130,3 +130,16 @@ def test_resolve_space_from_path_and_mapping_with_includes(tmp_path):
 def test_full_preset_is_built_from_includes():
     full = preset("full")
     assert set(preset("loss-weights").params) | set(preset("adapter-size").params) < set(full.params)
+
+
+@pytest.mark.parametrize("field", ["cache", "eval.split"])
+def test_a_space_may_not_search_the_cache_or_the_eval_split(tmp_path, field):
+    path = _write(tmp_path, f"params:\n  loss.w_lc: [1, 10]\n  {field}: [a, b]\n")
+    with pytest.raises(SpaceError, match=rf"^{path}: parameter '{field}': '{field}' cannot be part of a search space"):
+        load_space(path)
+
+
+def test_a_key_given_twice_names_both_lines(tmp_path):
+    path = _write(tmp_path, "params:\n  adapter.layers: [1, 2]\n  loss.w_lc: [1]\n  adapter.layers: [3]\n")
+    with pytest.raises(SpaceError, match=r"line 4: key 'adapter.layers' is given twice \(first on line 2\)"):
+        load_space(path)

@@ -64,6 +64,14 @@ def test_paper_defaults():
         ({"eval": {"protocols": ["static", "pixels"]}}, "eval.protocols.1"),  # names the bad item
         ({"guard": {"max_lc": 0}}, "guard.max_lc"),
         ({"seed": "zero"}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**32}, "seed"),  # numpy's legacy seeding stops at 2**32 - 1
+        ({"optim": {"epochs": True}}, "optim.epochs"),  # strict: a bool is not 1
+        ({"optim": {"epochs": 2.0}}, "optim.epochs"),
+        ({"optim": {"epochs": "3"}}, "optim.epochs"),
+        ({"loss": {"w_lc": True}}, "loss.w_lc"),
+        ({"save_adapter": "yes"}, "save_adapter"),
+        ({"adapter": {"heads": True}}, "adapter.heads"),
         ({"surprise": True}, "surprise"),
     ],
 )
@@ -111,6 +119,7 @@ def test_relative_paths_resolve_against_the_yaml_folder(tmp_path, monkeypatch):
     folder = tmp_path / "trials" / "t1"
     folder.mkdir(parents=True)
     path = _write(folder, {"cache": "../../cache/key", "deepspeed": "ds.json"})
+    (folder / "ds.json").write_text("{}")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the current directory must not matter
@@ -172,3 +181,33 @@ def test_config_is_frozen():
     config = TrialConfig(cache=Path("/c"))
     with pytest.raises(Exception):
         config.seed = 3  # type: ignore[misc]
+
+
+def test_strict_types_still_take_ints_for_floats_and_exponent_notation(tmp_path):
+    path = _write(tmp_path, "cache: c\nseed: 4294967295\nloss: {w_lc: 10}\noptim: {lr: 1e-5, warmup_epochs: 0}\n")
+    config = load_trial_config(path)
+    assert config.loss.w_lc == 10.0 and isinstance(config.loss.w_lc, float)
+    assert config.optim.lr == 1e-5  # plain YAML 1.1 would read '1e-5' as a string
+    assert config.seed == 2**32 - 1
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    path = _write(tmp_path, "cache: c\noptim:\n  epochs: 3\n  batch_size: 8\n  epochs: 30\n")
+    with pytest.raises(ConfigError) as caught:
+        load_trial_config(path)
+    message = str(caught.value)
+    assert str(path) in message and "\n" not in message
+    assert "line 5: key 'epochs' is given twice (first on line 3)" in message
+
+
+@pytest.mark.parametrize("text, problem", [("zero: 2\n", "is not JSON"), ("[1, 2]", "must be a JSON object"),
+                                           (None, "cannot read")])
+def test_a_deepspeed_file_that_is_no_json_object_is_named(tmp_path, text, problem):
+    if text is not None:
+        (tmp_path / "ds.yaml").write_text(text)
+    path = _write(tmp_path, {"cache": "c", "deepspeed": "ds.yaml"})
+    with pytest.raises(ConfigError) as caught:
+        load_trial_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: field 'deepspeed': {(tmp_path / 'ds.yaml').resolve()}: ")
+    assert problem in message and "\n" not in message

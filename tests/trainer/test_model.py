@@ -158,3 +158,25 @@ def test_features_passed_as_grad_leaf_stay_unchanged():
     assert torch.equal(features.detach(), cached)
     for s, c in zip(static, static_cached):
         assert torch.equal(s.detach(), c)
+
+
+def test_heads_that_do_not_divide_the_width_are_a_config_error_naming_both():
+    from aam_search.features.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^adapter\.heads=7 does not divide the feature width 32 .*\[1, 2, 4, 8, 16, 32\]$"):
+        build_adapter(32, AdapterConfig(heads=7))
+
+
+def test_the_train_command_reports_bad_heads_in_one_line_before_training(small_cache, tmp_path, capsys):
+    import json
+
+    from aam_search.cli import main
+
+    trial = tmp_path / "trial.yaml"
+    trial.write_text(f"cache: {small_cache.path}\nadapter: {{heads: 7}}\n"
+                     "optim: {epochs: 1, batch_size: 4, head_pretrain_epochs: 1}\n")
+    assert main(["train", "--config", str(trial), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "adapter.heads=7 does not divide the feature width 32" in err and "Traceback" not in err
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["status"] == "failed" and result["epochs_done"] == 0 and "adapter.heads=7" in result["reason"]

@@ -12,9 +12,10 @@ import csv
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 SPLITS = ("train", "val", "test")
@@ -109,7 +110,8 @@ def read_manifest(path: str | Path) -> Manifest:
     except UnicodeDecodeError as error:
         raise ManifestError(f"not UTF-8 text ({error})", file) from None
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
+    records = _csv_records(reader, file)
+    header = next(records, None)
     if not header or not any(cell.strip() for cell in header):
         raise ManifestError("empty file: expected a header row with at least 'path' and 'split'", file)
     columns = _check_header([cell.strip() for cell in header], file)
@@ -118,7 +120,7 @@ def read_manifest(path: str | Path) -> Manifest:
     resolved_root = root.resolve()
     rows: list[ManifestRow] = []
     first_row_of_path: dict[Path, int] = {}
-    for cells in reader:
+    for cells in records:
         line = reader.line_num
         if not any(cell.strip() for cell in cells):
             continue  # blank line
@@ -149,6 +151,19 @@ def read_manifest(path: str | Path) -> Manifest:
         action_classes=sort_classes(row.action for row in rows if row.action is not None),
         content_sha256=hashlib.sha256(raw).hexdigest(),
     )
+
+
+def _csv_records(reader: Any, file: Path) -> Iterator[list[str]]:
+    """The reader's rows; a CSV it cannot parse (a cell over the csv module's 128 KiB limit,
+    a NUL byte) becomes a ManifestError naming the row."""
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ManifestError(f"cannot parse the CSV ({error})", file, reader.line_num) from None
+        yield cells
 
 
 def missing_files(manifest: Manifest) -> list[ManifestRow]:

@@ -6,9 +6,14 @@ A cache folder ``<cache_root>/<key>/`` holds
   (the video each clip came from), ``static_features`` / ``static_video`` likewise;
 - ``labels.safetensors``: per video ``split`` (0 train, 1 val, 2 test), ``action``,
   ``attrs``, ``tasks``, ``groups`` (-1 where not labelled), ``valid`` and ``is_image``;
-- ``meta.json``: names behind those integers, what was skipped and why, timings, and the
-  identity of every input the key hashes;
+- ``meta.json``: names behind those integers, what was skipped and why, timings, the
+  identity of every input the key hashes, and the size and sha256 of each data file;
 - ``shards/`` while extraction runs (removed once consolidated).
+
+Integrity: opening a cache checks each data file's size and safetensors header against what
+extraction wrote (cheap: a trial does it); :meth:`FeatureCache.verify` also re-hashes the
+contents (a study does it once before its first trial; ``features info --verify`` on demand).
+Caches extracted before hashes were recorded pass the size and header checks only.
 
 Clips are stored flat rather than ``[video, clip, ...]`` because train videos have as many
 clips as fit in them; ``clip_video`` recovers the grouping.
@@ -27,13 +32,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from aam_search.features.safetensors_io import SafetensorsFormatError, mmap_tensors
+from aam_search.features.safetensors_io import SafetensorsFormatError, mmap_tensors, read_header
 
 CACHE_FORMAT_VERSION = 1
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 META_FILE = "meta.json"
 FEATURES_FILE = "features.safetensors"
 LABELS_FILE = "labels.safetensors"
+# The data files of a finished cache and the tensors each must hold.
+DATA_FILES = {
+    FEATURES_FILE: ("clip_features", "clip_video", "static_features", "static_video"),
+    LABELS_FILE: ("split", "action", "attrs", "tasks", "groups", "valid", "is_image"),
+}
+REEXTRACT = "delete the cache folder and run `aam-search features extract` again"
 
 
 class CacheError(RuntimeError):
@@ -57,6 +68,21 @@ def cache_key(
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """sha256 hex of a file, read in chunks (a cache file may be larger than memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """What meta.json records of each data file: its size and content hash."""
+    return {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
+            for name in DATA_FILES}
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -89,7 +115,58 @@ class FeatureCache:
             )
         if meta.get("version") != CACHE_FORMAT_VERSION:
             raise CacheError(f"{path}: cache format {meta.get('version')} is not supported")
-        return cls(path=path, meta=meta)
+        cache = cls(path=path, meta=meta)
+        cache.check_files()
+        return cache
+
+    @property
+    def file_records(self) -> dict[str, dict[str, Any]]:
+        """Size and sha256 of each data file as extraction wrote them; empty for old caches."""
+        return self.meta.get("files") or {}
+
+    def check_files(self) -> None:
+        """The cheap check: each data file is there, has the size extraction recorded, and a
+        safetensors header that holds the expected tensors and accounts for every byte."""
+        for name, tensors in DATA_FILES.items():
+            file = self.path / name
+            try:
+                size = file.stat().st_size
+            except OSError as error:
+                raise CacheError(f"{file}: missing ({error.strerror or error}); {REEXTRACT}") from None
+            recorded = self.file_records.get(name, {}).get("bytes")
+            if recorded is not None and size != recorded:
+                raise CacheError(f"{file}: {size} bytes, but extraction wrote {recorded} (truncated or "
+                                 f"replaced); {REEXTRACT}")
+            try:
+                header, _, data_start = read_header(file)
+            except (OSError, SafetensorsFormatError) as error:
+                raise CacheError(f"{file}: damaged ({error}); {REEXTRACT}") from None
+            missing = [tensor for tensor in tensors if tensor not in header]
+            if missing:
+                raise CacheError(f"{file}: lacks tensor(s) {', '.join(missing)}; {REEXTRACT}")
+            expected = data_start + max((entry["data_offsets"][1] for entry in header.values()), default=0)
+            if size != expected:
+                raise CacheError(f"{file}: {size} bytes, but its header describes {expected}; {REEXTRACT}")
+
+    def verify(self) -> dict[str, str]:
+        """Re-hash every data file against meta.json; raise a :class:`CacheError` naming the
+        first file whose contents changed. Returns each file's outcome ("ok", or "no hash
+        recorded" for caches extracted before hashes were: those pass the cheap checks only)."""
+        self.check_files()
+        outcome = {}
+        for name in DATA_FILES:
+            expected = self.file_records.get(name, {}).get("sha256")
+            if expected is None:
+                outcome[name] = "no hash recorded"
+                continue
+            actual = file_sha256(self.path / name)
+            if actual != expected:
+                raise CacheError(
+                    f"{self.path / name}: contents changed since extraction (sha256 {actual[:16]}..., "
+                    f"recorded {expected[:16]}...); {REEXTRACT}"
+                )
+            outcome[name] = "ok"
+        return outcome
 
     @cached_property
     def _features(self) -> dict[str, torch.Tensor]:
@@ -148,6 +225,18 @@ class FeatureCache:
             keep &= (self.labels("attrs").numpy() >= 0).any(axis=1)
         return np.flatnonzero(keep)
 
+    def split_problem(self, split: str) -> str | None:
+        """Why ``split`` has no decoded video to use, or ``None`` if it has one."""
+        in_split = self.labels("split").numpy() == SPLIT_CODES[split]
+        decoded = int((in_split & self.labels("valid").numpy()).sum())
+        if decoded:
+            return None
+        listed = int(in_split.sum())
+        if not listed:
+            return f"{self.path}: the cache holds no {split} videos (the manifest lists none)"
+        return (f"{self.path}: all {listed} {split} video(s) failed to decode and were skipped; the reasons "
+                f"are under 'skipped' in {self.path / META_FILE} (`aam-search features info {self.path}`)")
+
     def summary(self) -> dict[str, Any]:
         meta = self.meta
         return {
@@ -162,5 +251,6 @@ class FeatureCache:
             "static_clips": meta["counts"]["static_clips"],
             "feature_shape": meta["feature_shape"],
             "clips_per_s": meta["timings"].get("clips_per_s"),
+            "hashes": "sha256 recorded" if self.file_records else "no hashes recorded",
             "size_mb": round(sum(f.stat().st_size for f in self.path.iterdir()) / 2**20, 2),
         }

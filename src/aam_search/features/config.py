@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from aam_search.yamlio import load_yaml
 
 
 class ConfigError(ValueError):
     """A config file or value that cannot be used; the message names the file and field."""
 
 
+# Configs are strict (``epochs: true`` is not 1, ``seed: "3"`` is not 3); floats still take
+# ints, and paths and tuples take the strings and lists YAML gives (``strict=False``).
+STRICT = ConfigDict(extra="forbid", strict=True)
+# numpy's legacy seeding (Accelerate's ``set_seed``) takes 0 .. 2**32 - 1.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="random seed, 0 .. 2**32 - 1")]
+
+
 class EncoderConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(**STRICT, frozen=True)
 
     name: str = "tiny3d"
     options: dict[str, Any] = Field(default_factory=dict)
@@ -23,7 +32,7 @@ class EncoderConfig(BaseModel):
 class ClipConfig(BaseModel):
     """Clip sampling a user may choose. Frame size and normalisation come from the encoder."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(**STRICT, frozen=True)
 
     num_frames: int | None = Field(default=None, ge=1, description="T; default: the encoder's")
     stride: int = Field(default=2, ge=1)
@@ -33,19 +42,19 @@ class ClipConfig(BaseModel):
 
 
 class ExtractConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    manifest: Path
+    manifest: Path = Field(strict=False)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     clips: ClipConfig = Field(default_factory=ClipConfig)
-    cache_root: Path = Path("work/cache")
+    cache_root: Path = Field(default=Path("work/cache"), strict=False)
     batch_size: int = Field(default=32, ge=1, description="clips per encoder forward pass")
     shard_videos: int = Field(default=64, ge=1, description="videos per resumable shard")
     decode_workers: int = Field(default=2, ge=1)
     decode_threads: int = Field(default=1, ge=1, description="decord threads per worker")
     decode_timeout_s: float = Field(default=60.0, gt=0)
     strict: bool = False
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("manifest", "cache_root")
     @classmethod
@@ -57,8 +66,12 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     """One line per problem, each naming the dotted field path."""
     lines = []
     for problem in error.errors():
-        field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        lines.append(f"{source}: field '{field}': {problem['msg']}")
+        field = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"]
+        if problem["type"] == "value_error":  # our own validators' text, without pydantic's prefix
+            message = str(problem.get("ctx", {}).get("error", message.removeprefix("Value error, ")))
+        head = f"{source}: field '{field}': " if field else f"{source}: "
+        lines += [head + line for line in message.splitlines()]
     return "\n".join(lines)
 
 
@@ -70,7 +83,7 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config ({error.strerror or error})") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if data is None:

@@ -27,6 +27,7 @@ from aam_search.data.manifest import Manifest, read_manifest
 from aam_search.encoders import FrozenEncoder, build_encoder
 from aam_search.features.cache import (
     CACHE_FORMAT_VERSION,
+    DATA_FILES,
     FEATURES_FILE,
     LABELS_FILE,
     META_FILE,
@@ -34,6 +35,7 @@ from aam_search.features.cache import (
     CacheError,
     FeatureCache,
     cache_key,
+    file_records,
     write_json_atomic,
 )
 from aam_search.features.config import ClipConfig, ConfigError, ExtractConfig
@@ -41,7 +43,7 @@ from aam_search.features.labels import label_tensors, label_vocabulary
 from aam_search.features.progress import ExtractionProgress
 from aam_search.features.safetensors_io import TensorLayout, read_header, write_streaming
 
-FEATURE_NAMES = ("clip_features", "clip_video", "static_features", "static_video")
+FEATURE_NAMES = DATA_FILES[FEATURES_FILE]
 
 
 class ExtractionError(RuntimeError):
@@ -112,9 +114,11 @@ def extract_features(
     cache_dir = config.cache_root / key
     if (cache_dir / META_FILE).is_file():
         try:
-            return ExtractionResult(cache=FeatureCache.open(cache_dir), reused=True)
+            cache = FeatureCache.open(cache_dir)
         except CacheError:
-            pass  # unfinished: resume below
+            pass  # unfinished or damaged: resume (or redo) below
+        else:
+            return ExtractionResult(cache=_trainable(cache), reused=True)
 
     use_cuda = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
@@ -156,7 +160,7 @@ def extract_features(
     if accelerator.is_main_process:
         _consolidate(cache_dir, num_shards, time.perf_counter() - started)
     accelerator.wait_for_everyone()
-    cache = FeatureCache.open(cache_dir)
+    cache = _trainable(FeatureCache.open(cache_dir))
     return ExtractionResult(
         cache=cache,
         reused=False,
@@ -164,6 +168,13 @@ def extract_features(
         shards_resumed=resumed,
         skipped=cache.meta["skipped"],
     )
+
+
+def _trainable(cache: FeatureCache) -> FeatureCache:
+    """A cache whose train split decoded nothing can train no trial: say so now, with why."""
+    if problem := cache.split_problem("train"):
+        raise ExtractionError(problem)
+    return cache
 
 
 class ExtractionInterrupted(ExtractionError):
@@ -375,6 +386,7 @@ def _consolidate(cache_dir: Path, num_shards: int, wall_seconds: float) -> None:
     labels = load_file(str(cache_dir / LABELS_FILE))
     labels["valid"] = valid
     save_file(labels, str(cache_dir / LABELS_FILE))
+    meta["files"] = file_records(cache_dir)  # checked when a cache is opened and verified
     write_json_atomic(cache_dir / META_FILE, meta)
     shutil.rmtree(shard_dir, ignore_errors=True)
 

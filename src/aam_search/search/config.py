@@ -10,17 +10,21 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from aam_search.features.config import (
     ClipConfig,
     ConfigError,
     EncoderConfig,
+    STRICT,
+    Seed,
     format_validation_error,
     load_yaml_mapping,
 )
 
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "grid")
+STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+STUDY_NAME_RULE = "starts with a letter or digit and holds only letters, digits, '_', '.' and '-'"
 OBJECTIVE_PATTERN = re.compile(r"^(utility|leakage|leakage:(static|clip)|task:[\w.-]+|params|combined)$")
 
 
@@ -35,13 +39,13 @@ def default_storage(name: str) -> str:
 class DataConfig(BaseModel):
     """Where the features come from: a manifest to extract, or a ready cache."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    manifest: Path | None = None
-    cache: Path | None = None
+    manifest: Path | None = Field(default=None, strict=False)
+    cache: Path | None = Field(default=None, strict=False)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     clips: ClipConfig = Field(default_factory=ClipConfig)
-    cache_root: Path | None = Field(default=None, description="default: <workdir>/cache")
+    cache_root: Path | None = Field(default=None, strict=False, description="default: <workdir>/cache")
     decode_workers: int = Field(default=2, ge=1)
     strict: bool = False
 
@@ -53,10 +57,10 @@ class DataConfig(BaseModel):
 
 
 class StudyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    workdir: Path | None = Field(default=None, description="default: work/<name>")
+    name: str = Field(pattern=STUDY_NAME_PATTERN, description=f"a study name {STUDY_NAME_RULE}")
+    workdir: Path | None = Field(default=None, strict=False, description="default: work/<name>")
     storage: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in workdir")
     data: DataConfig
     space: str | dict[str, Any] = "loss-weights"
@@ -64,7 +68,7 @@ class StudyConfig(BaseModel):
     objectives: list[str] = Field(default_factory=lambda: ["utility", "leakage"], min_length=2)
     max_utility_drop: float | None = Field(default=None, ge=0, description="constraint, relative to raw")
     sampler: Literal["tpe", "nsga2", "nsga3", "gp", "random", "grid"] = "tpe"  # won bench/search_efficiency.py (5 seeds)
-    seed: int = 0
+    seed: Seed = 0
     n_trials: int = Field(default=12, ge=1)
     enqueue_paper_default: bool = True
     enqueue: list[dict[str, Any]] = Field(default_factory=list, description="points to try first")
@@ -96,7 +100,22 @@ class StudyConfig(BaseModel):
     def _trial_has_no_cache(cls, value: dict[str, Any]) -> dict[str, Any]:
         if "cache" in value:
             raise ValueError("trial.cache is set by the study from data.*; remove it")
+        evaluation = value.get("eval")
+        split = evaluation.get("split", "val") if isinstance(evaluation, dict) else "val"
+        if split != "val":
+            raise ValueError(
+                f"trial.eval.split is {split!r}: the search scores trials on the val split only; the test "
+                "split stays unseen until `aam-search promote` evaluates the chosen adapter on it"
+            )
         return value
+
+    @model_validator(mode="after")
+    def _space_fits(self) -> StudyConfig:
+        space = self.space
+        if isinstance(space, str) and not Path(space).is_absolute() and space.endswith((".yaml", ".yml")):
+            return self  # relative to the study file: load_study_config checks it once resolved
+        check_space(self)
+        return self
 
     @model_validator(mode="after")
     def _default_workdir(self) -> StudyConfig:
@@ -111,6 +130,25 @@ class StudyConfig(BaseModel):
     @property
     def trials_dir(self) -> Path:
         return self.workdir / "trials"
+
+
+def check_space(config: StudyConfig) -> None:
+    """Refuse, before any extraction, what the space makes impossible: ``sampler: grid`` on a
+    space that is no grid, and ``enqueue`` points the space cannot hold (each named)."""
+    from aam_search.spaces import resolve_space
+
+    space = resolve_space(config.space)
+    if config.sampler == "grid":
+        problem = space.grid_problem()
+        if problem:
+            raise ValueError(
+                f"sampler: 'grid' needs a space of categorical, int and fixed parameters only (e.g. the "
+                f"'paper' preset), but in space '{space.name}' {problem}; choose another sampler"
+            )
+    problems = [f"enqueue[{index}] {point}: {problem}"
+                for index, point in enumerate(config.enqueue) for problem in space.point_problems(point)]
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 def parse_study_config(data: dict[str, Any], source: str = "study config") -> StudyConfig:
@@ -138,4 +176,13 @@ def load_study_config(path: str | Path, **overrides: Any) -> StudyConfig:
     space = config.space
     if isinstance(space, str) and (space.endswith((".yaml", ".yml"))):
         space = str(absolute(Path(space)))
-    return config.model_copy(update={"workdir": absolute(config.workdir), "data": data_config, "space": space})
+    config = config.model_copy(update={"workdir": absolute(config.workdir), "data": data_config, "space": space})
+    from aam_search.spaces import SpaceError
+
+    try:
+        check_space(config)
+    except SpaceError:
+        raise  # names its file and parameter already
+    except ValueError as error:
+        raise ConfigError("\n".join(f"{path}: {line}" for line in str(error).splitlines())) from None
+    return config

@@ -78,6 +78,7 @@ class Orchestrator:
 
             self.tracker = StudyTracker.connect(config)
         self.cache = self._feature_cache()
+        self.cache.verify()  # once per study, before the first trial: content hashes of the cache
         self.space: SearchSpace = resolve_space(config.space)
         self.base_trial = self._trial_config({}).model_dump(mode="json")  # validates config.trial
         baseline = raw_baseline(self.cache, TrialConfig.model_validate(self.base_trial).eval, seed=self.base_trial["seed"])

@@ -91,11 +91,21 @@ def trainer_fields() -> tuple[str, ...]:
     return tuple(leaves)
 
 
+# Fields a search must never vary: the study sets the cache from its data.*, and trials are
+# scored on val so that the test split stays unseen until promotion.
+NOT_SEARCHABLE = {
+    "cache": "the study sets the feature cache from data.*",
+    "eval.split": "trials are scored on the val split; the test split is kept for `aam-search promote`",
+}
+
+
 def trainer_field_problem(path: str) -> str | None:
-    """Why ``path`` names no TrialConfig field, or ``None`` if it does.
+    """Why ``path`` names no TrialConfig field a space may search, or ``None`` if it does.
 
     ``loss.task_weights.<task>`` (a key of a mapping field) counts as a field.
     """
+    if path in NOT_SEARCHABLE:
+        return f"'{path}' cannot be part of a search space: {NOT_SEARCHABLE[path]}"
     model: type[BaseModel] | None = _trial_config_model()
     parts = path.split(".")
     for depth, part in enumerate(parts):

@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from aam_search.yamlio import load_yaml
+
 from .presets import PRESETS
 from .spec import SearchSpace, SpaceError, build_space
 
 _TOP_KEYS = ("name", "description", "include", "exclude", "params")
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-5`` as a float (plain YAML 1.1 reads it as a string) and
-    refuses a key given twice (a flat map of dotted names makes that an easy slip)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -44,7 +22,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise SpaceError(f"{path}: cannot read search space ({error.strerror or error})") from None
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        data = load_yaml(text)
     except yaml.YAMLError as error:
         raise SpaceError(f"{path}: not valid YAML: {error}") from None
     if data is None:

@@ -11,6 +11,7 @@ Problems are reported one per line, each naming the parameter.
 from __future__ import annotations
 
 import difflib
+import math
 import typing
 from typing import Any
 
@@ -152,6 +153,41 @@ class SearchSpace(BaseModel):
             grid[name] = spec.values()
         return grid
 
+    def grid_problem(self) -> str | None:
+        """Why Optuna's ``GridSampler`` cannot enumerate this space (see :meth:`grid`), or ``None``."""
+        for name, spec in self.params.items():
+            if spec.sampled and spec.type == "float":
+                return f"parameter '{name}' is a continuous float range"
+            if spec.sampled and spec.condition is not None:
+                return f"parameter '{name}' is conditional (on '{spec.condition.param}')"
+        return None
+
+    def point_problems(self, point: dict[str, Any]) -> list[str]:
+        """What is wrong with a point to try first (``enqueue``), one line per parameter.
+
+        Each name must be an unconditional parameter of the space (a conditional one may
+        never be asked for, and Optuna would drop it), and its value must lie in the
+        parameter's range or among its choices; a fixed parameter takes only its value.
+        """
+        problems = []
+        for name, value in point.items():
+            spec = self.params.get(name)
+            if spec is None:
+                close = difflib.get_close_matches(name, list(self.params), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                problems.append(f"parameter '{name}' is not in the space{hint}")
+            elif not spec.sampled:
+                if not same_value(value, spec.value):
+                    problems.append(f"parameter '{name}' is fixed at {spec.value!r} by the space, not {value!r}")
+            elif spec.condition is not None:
+                problems.append(f"parameter '{name}' is conditional (on '{spec.condition.param}'); "
+                                "a point to try first sets only unconditional parameters")
+            elif not _in_range(spec, value):
+                allowed = f"choices {spec.choices}" if spec.type == "categorical" else (
+                    f"[{spec.low}, {spec.high}]" + (f" in steps of {spec.step}" if spec.step else ""))
+                problems.append(f"parameter '{name}': {value!r} is not in its {spec.type} {allowed}")
+        return problems
+
     def grid_points(self) -> list[dict[str, Any]] | None:
         """Every distinct configuration (conditions respected, fixed values included), or
         ``None`` if a parameter is continuous."""
@@ -184,6 +220,22 @@ class SearchSpace(BaseModel):
     def to_overrides(self, params: dict[str, Any]) -> dict[str, Any]:
         """``{"loss.w_lc": 10}`` -> ``{"loss": {"w_lc": 10}}``; see :func:`to_overrides`."""
         return to_overrides(params)
+
+
+def _in_range(spec: ParamSpec, value: Any) -> bool:
+    """Whether a sampled parameter can take ``value`` (a bool is no number here)."""
+    if spec.type == "categorical":
+        return any(same_value(value, choice) for choice in spec.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if spec.type == "int" and not float(value).is_integer():
+        return False
+    if not spec.low <= value <= spec.high:
+        return False
+    if spec.step:
+        steps = (value - spec.low) / spec.step
+        return math.isclose(steps, round(steps), rel_tol=0, abs_tol=1e-8)
+    return True
 
 
 def _order(params: dict[str, ParamSpec]) -> list[str]:

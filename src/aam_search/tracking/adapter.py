@@ -73,6 +73,8 @@ def load_adapter(uri: str | Path, tracking_uri: str | None = None, map_location:
 @torch.no_grad()
 def apply_adapter(adapter: torch.nn.Module, features: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """``[N, L, D] -> [N, L, D]`` in batches; computed in float32, returned in the input dtype."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device = next(adapter.parameters(), torch.empty(0)).device
     out = [adapter(features[i:i + batch_size].to(device, torch.float32)).cpu() for i in range(0, len(features), batch_size)]
     result = torch.cat(out) if out else features.float().clone()
@@ -86,6 +88,10 @@ def anonymize_file(model: str, source: str | Path, target: str | Path, *, tracki
     from safetensors.torch import save_file
 
     source, target = Path(source), Path(target)
+    if target.is_dir():
+        raise CheckpointError(f"{target}: is a directory; the output is the safetensors file to write")
+    if batch_size < 1:
+        raise CheckpointError(f"batch size must be at least 1, got {batch_size}")
     if not source.is_file():
         raise CheckpointError(f"{source}: no such features file")
     try:
@@ -106,7 +112,10 @@ def anonymize_file(model: str, source: str | Path, target: str | Path, *, tracki
     result = apply_adapter(adapter, features, batch_size=batch_size)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    save_file({FEATURES_KEY: result.contiguous()}, str(tmp), metadata={**metadata, "aam_search.anonymized_by": model})
-    tmp.replace(target)
+    try:
+        save_file({FEATURES_KEY: result.contiguous()}, str(tmp), metadata={**metadata, "aam_search.anonymized_by": model})
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)  # never leave a half-written <out>.tmp behind
     return {"rows": int(features.shape[0]), "shape": list(features.shape), "dtype": str(features.dtype),
             "output": str(target)}

@@ -11,6 +11,16 @@ from rich.table import Table
 console = Console()
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from aam_search.tracking.promote import promote
 
@@ -74,7 +84,7 @@ def add_tracking_commands(sub: argparse._SubParsersAction) -> None:
                            help="safetensors file with a float tensor 'features' [N, L, D]")
     anonymize.add_argument("--out", dest="output", required=True, help="safetensors file to write (same layout)")
     anonymize.add_argument("--tracking-uri", help="MLflow tracking URI of a models:/ URI")
-    anonymize.add_argument("--batch-size", type=int, default=256)
+    anonymize.add_argument("--batch-size", type=_positive_int, default=256)
     anonymize.set_defaults(func=cmd_anonymize)
 
     ui = sub.add_parser("ui", help="the MLflow UI for a work folder's studies")

@@ -6,17 +6,18 @@ Every field is validated; errors name the dotted field. ``resolved()`` fills der
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from aam_search.features.config import ConfigError, format_validation_error, load_yaml_mapping
+from aam_search.features.config import STRICT, ConfigError, Seed, format_validation_error, load_yaml_mapping
 from aam_search.trainer.model import AdapterConfig
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(**STRICT, frozen=True)
 
 
 class LossConfig(_Strict):
@@ -52,7 +53,7 @@ class OptimConfig(_Strict):
 
 class EvalConfig(_Strict):
     split: Literal["val", "test"] = "val"
-    protocols: tuple[Literal["static", "clip"], ...] = ("static", "clip")
+    protocols: tuple[Literal["static", "clip"], ...] = Field(default=("static", "clip"), strict=False)
     primary_protocol: Literal["static", "clip"] = "static"
     attacker_epochs: int = Field(default=60, ge=1)
     probe_epochs: int = Field(default=60, ge=1)
@@ -72,14 +73,14 @@ class GuardConfig(_Strict):
 
 
 class TrialConfig(_Strict):
-    cache: Path
-    seed: int = 0
+    cache: Path = Field(strict=False)
+    seed: Seed = 0
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
-    deepspeed: Path | None = Field(default=None, description="DeepSpeed JSON config (ZeRO stage etc.)")
+    deepspeed: Path | None = Field(default=None, strict=False, description="DeepSpeed JSON config (ZeRO stage etc.)")
     save_adapter: bool = True
 
     @field_validator("cache", "deepspeed")
@@ -91,6 +92,22 @@ class TrialConfig(_Strict):
         data = self.model_dump(mode="json")
         data["optim"]["effective_lr"] = self.optim.effective_lr
         return data
+
+
+def read_deepspeed_config(path: Path) -> dict:
+    """The DeepSpeed JSON config of a trial; a file that is missing or not a JSON object is a
+    ConfigError naming it (DeepSpeed itself says only ``Expecting value: line 1 column 1``)."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the DeepSpeed config ({error.strerror or error})") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: the DeepSpeed config is not JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the DeepSpeed config must be a JSON object, not {type(data).__name__}")
+    return data
 
 
 def parse_trial_config(data: dict, source: str = "trial config") -> TrialConfig:
@@ -109,4 +126,10 @@ def load_trial_config(path: str | Path) -> TrialConfig:
         value = getattr(config, field)
         if value is not None and not value.is_absolute():
             updates[field] = (path.parent / value).resolve()
-    return config.model_copy(update=updates)
+    config = config.model_copy(update=updates)
+    if config.deepspeed is not None:
+        try:
+            read_deepspeed_config(config.deepspeed)
+        except ValueError as error:
+            raise ConfigError(f"{path}: field 'deepspeed': {error}") from None
+    return config

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from aam_search.features.cache import FeatureCache
+from aam_search.features.cache import CacheError, FeatureCache
 
 
 @dataclass
@@ -80,9 +80,11 @@ class TrainingData:
         for target in video_targets(cache, np.arange(count)).values():
             labelled |= target.numpy() >= 0
         usable = has_pair[candidates] | labelled[candidates]
-        self.videos = candidates[usable & np.array([len(self.clip_rows[v]) > 0 for v in candidates])]
+        has_clips = np.array([len(self.clip_rows[v]) > 0 for v in candidates], dtype=bool)
+        self.videos = candidates[usable & has_clips]
         if len(self.videos) < 2:
-            raise ValueError(f"{cache.path}: fewer than 2 usable train videos")
+            raise CacheError(cache.split_problem("train") or f"{cache.path}: {len(self.videos)} usable train "
+                             "video(s); training needs at least 2 (with clips and a label or two static clips)")
         self.has_pair = has_pair
 
     def __len__(self) -> int:

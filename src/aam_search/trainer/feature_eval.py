@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aam_search.features.cache import FeatureCache
+from aam_search.features.cache import CacheError, FeatureCache
 from aam_search.trainer.data import task_num_classes, video_targets
 from aam_search.trainer.evaluation import AttackResult, attack, linear_probe
 
@@ -60,6 +60,9 @@ def evaluate_utility(
     train_videos = _labelled(cache, "train", action)
     eval_videos = _labelled(cache, split, action)
     if len(train_videos) == 0 or len(eval_videos) == 0:
+        problem = cache.split_problem("train") or cache.split_problem(split)
+        if problem:  # nothing decoded there, which says more than "no labels"
+            raise CacheError(problem)
         raise ValueError(f"{cache.path}: no videos labelled for {task} in train and {split}")
     train_rows = _rows_of(cache.clip_video, train_videos)
     eval_rows = _rows_of(cache.clip_video, eval_videos)

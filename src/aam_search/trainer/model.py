@@ -14,8 +14,10 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from aam_search.features.config import ConfigError
 
-class AdapterConfig(BaseModel, extra="forbid", frozen=True):
+
+class AdapterConfig(BaseModel, extra="forbid", frozen=True, strict=True):
     """Shape of f_A. The paper's best: 3 self-attention layers, 8 heads."""
 
     kind: Literal["attention", "mlp"] = "attention"
@@ -23,6 +25,16 @@ class AdapterConfig(BaseModel, extra="forbid", frozen=True):
     heads: int = Field(default=8, ge=1, description="attention only; must divide the feature dim")
     ffn_mult: float = Field(default=4.0, gt=0, description="FFN / MLP hidden width as a multiple of dim")
     dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
+def check_heads(dim: int, config: AdapterConfig) -> None:
+    """An attention adapter's heads must divide the feature width (each head gets width / heads)."""
+    if config.kind == "attention" and dim % config.heads != 0:
+        divisors = [n for n in range(1, min(dim, 64) + 1) if dim % n == 0]
+        raise ConfigError(
+            f"adapter.heads={config.heads} does not divide the feature width {dim} "
+            f"(each head gets width / heads channels); choose one of {divisors}"
+        )
 
 
 def mean_pool(tokens: Tensor) -> Tensor:
@@ -95,11 +107,7 @@ class AnonymizingAdapter(nn.Module):
         self.config = config
         hidden = _hidden_width(dim, config.ffn_mult)
         if config.kind == "attention":
-            if dim % config.heads != 0:
-                raise ValueError(
-                    f"adapter.heads={config.heads} must divide the feature dim {dim} "
-                    f"(each head gets dim / heads channels)"
-                )
+            check_heads(dim, config)
             blocks = [_AttentionBlock(dim, config.heads, hidden, config.dropout) for _ in range(config.layers)]
         else:
             blocks = [_MLPBlock(dim, hidden, config.dropout) for _ in range(config.layers)]
@@ -164,6 +172,7 @@ __all__ = [
     "PrivacyProjector",
     "TaskHeads",
     "build_adapter",
+    "check_heads",
     "count_parameters",
     "mean_pool",
 ]
