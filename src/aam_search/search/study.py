@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from aam_search.redact import redact
 from aam_search.search.config import StudyConfig
 
 # We drive heartbeats ourselves in an ask/tell loop (trials are child processes), which
@@ -162,23 +163,13 @@ def enqueue_start_points(study: optuna.Study, config: StudyConfig, space_params:
             study.enqueue_trial(params, skip_if_exists=True)
 
 
-def redact(url: str) -> str:
-    """Hide the password of a storage URL before it reaches a log or a tag."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not an SQLAlchemy URL: show nothing that might be secret
-        return url.split("://", 1)[0] + "://***" if "@" in url else url
-
-
 def load_existing_study(name: str, storage: str | None) -> optuna.Study:
     """Open a study someone started, with a message that names the storage when it is not there."""
     from aam_search.search.config import default_storage
 
     url = storage or default_storage(name)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise StudyNotFound(f"no study database at {url.removeprefix('sqlite:///')} (give --storage)")
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///").split("?", 1)[0]).is_file():
+        raise StudyNotFound(f"no study database at {url.removeprefix('sqlite:///').split('?', 1)[0]} (give --storage)")
     optuna.logging.set_verbosity(logging.WARNING)
     try:
         return optuna.load_study(study_name=name, storage=url)

@@ -37,7 +37,8 @@ import yaml
 
 from aam_search.search.config import StudyConfig
 from aam_search.search.pareto import feasible, pareto_front
-from aam_search.search.study import ATTEMPT, REASON, SLOT, counted, redact
+from aam_search.redact import redact
+from aam_search.search.study import ATTEMPT, REASON, SLOT, counted
 from aam_search.tracking.params import MAX_PARAM, finite_float, final_metrics, flatten, metric_key, study_params
 from aam_search.tracking.plots import (
     TrialPoint,

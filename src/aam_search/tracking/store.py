@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aam_search.search.study import redact
+from aam_search.redact import redact
 from aam_search.tracking.errors import TrackingUnavailable
 
 EXPERIMENT_PREFIX = "aam-"
