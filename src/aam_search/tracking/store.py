@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aam_search.redact import redact
+from aam_search.redact import redact, scrub
 from aam_search.tracking.errors import TrackingUnavailable
 
 EXPERIMENT_PREFIX = "aam-"
@@ -124,6 +124,7 @@ def connect(uri: str) -> Any:
             client.search_experiments(max_results=1)
     except Exception as error:  # MlflowException, connection errors, bad database URLs, ...
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = scrub(reason, uri)  # a driver's message may quote the URL
         raise TrackingUnavailable(
             f"cannot reach the MLflow tracking store at {shown} "
             f"(after {time.monotonic() - started:.1f}s): {reason[:500]}. "
