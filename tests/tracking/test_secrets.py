@@ -102,3 +102,30 @@ def test_a_store_error_that_quotes_the_uri_shows_no_password(monkeypatch):
     with pytest.raises(TrackingUnavailable) as error:
         store.connect(uri)
     assert SECRET not in str(error.value) and "u:***@127.0.0.1:9" in str(error.value)
+
+
+def test_promote_takes_a_hidden_tracking_password_from_its_own_machine(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import pytest
+
+    from aam_search.features.config import ConfigError
+    from aam_search.tracking.promote import study_tracking_uri
+
+    monkeypatch.delenv(TRACKING_URI_ENV, raising=False)
+    full = f"postgresql://u:{SECRET}@db/mlflow"
+    study = SimpleNamespace(study_name="s", user_attrs={
+        "aam:config": {"workdir": str(tmp_path), "tracking_uri": "postgresql://u:***@db/mlflow"},
+        "aam:mlflow_tracking_uri": "postgresql://u:***@db/mlflow"})
+    with pytest.raises(ConfigError, match=TRACKING_URI_ENV) as error:
+        study_tracking_uri(study, None)
+    assert SECRET not in str(error.value)
+    assert study_tracking_uri(study, full) == full
+    monkeypatch.setenv(TRACKING_URI_ENV, full)
+    assert study_tracking_uri(study, None) == full
+    monkeypatch.delenv(TRACKING_URI_ENV)
+    open_study = SimpleNamespace(study_name="s", user_attrs={"aam:config": {"workdir": str(tmp_path)},
+                                                             "aam:mlflow_tracking_uri": "http://mlflow:5000"})
+    assert study_tracking_uri(open_study, None) == "http://mlflow:5000"
+    default = SimpleNamespace(study_name="s", user_attrs={"aam:config": {"workdir": str(tmp_path)}})
+    assert study_tracking_uri(default, None) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
