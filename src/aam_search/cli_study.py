@@ -90,7 +90,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from aam_search.search.config import parse_study_config
+    from aam_search.search.config import worker_config
     from aam_search.search.orchestrator import CONFIG_ATTR, Orchestrator
     from aam_search.search.study import load_existing_study
 
@@ -98,10 +98,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     stored = dict(study.user_attrs.get(CONFIG_ATTR) or {})
     if not stored:
         raise SystemExit(f"study {args.study!r} was not started by aam-search start (no stored config)")
-    stored["storage"] = args.storage
-    if args.workdir:
-        stored["workdir"] = args.workdir
-    config = parse_study_config(stored, f"config stored in study {args.study!r}")
+    config = worker_config(stored, study=args.study, storage=args.storage, workdir=args.workdir,
+                           tracking_uri=args.tracking_uri, allow_plugins=args.allow_plugin or ())
     return _run(Orchestrator(config, view=_study_view(), worker=True))
 
 
@@ -211,6 +209,11 @@ def add_study_commands(sub: argparse._SubParsersAction) -> None:
     worker.add_argument("--study", required=True)
     worker.add_argument("--storage", required=True, help="the study's SQLAlchemy URL (e.g. PostgreSQL)")
     worker.add_argument("--workdir", help="where this worker keeps trial folders (default: the study's)")
+    worker.add_argument("--tracking-uri", help="MLflow tracking URI with its credentials (default: "
+                        "$AAM_TRACKING_URI, else the study's, which never holds a password)")
+    worker.add_argument("--allow-plugin", action="append", metavar="MODULE:FACTORY",
+                        help="run this plug-in encoder if the study names it (the study's database "
+                             "alone never makes a worker import code); repeatable")
     worker.set_defaults(func=cmd_worker)
 
     for name, func, helptext in (("front", cmd_front, "show the Pareto front"),

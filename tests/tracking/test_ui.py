@@ -31,11 +31,13 @@ def test_ui_needs_a_store(tmp_path):
 def test_ui_serves_the_workdir_store_on_localhost(tmp_path):
     connect(default_tracking_uri(tmp_path))  # a study would have created it
     port = free_port()
-    command, url = ui_command(workdir=tmp_path, port=port)
+    command, env, url = ui_command(workdir=tmp_path, port=port)
     assert url == f"http://127.0.0.1:{port}"
     assert command[command.index("--host") + 1] == "127.0.0.1"
-    assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    # The store reaches mlflow ui through its environment (this server proves it reads it).
+    assert "--backend-store-uri" not in command
+    assert env["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, env=env)
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -54,3 +56,15 @@ def test_ui_serves_the_workdir_store_on_localhost(tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def test_ui_keeps_the_store_password_off_the_command_line(tmp_path):
+    """``ps`` shows every process's argv to every user: the password goes in the environment."""
+    uri = "postgresql://aam:hunter2@db.example:5432/mlflow?sslpassword=k3y"
+    command, env, _ = ui_command(tracking_uri=uri)
+    assert "hunter2" not in " ".join(command) and "k3y" not in " ".join(command)
+    assert env["MLFLOW_BACKEND_STORE_URI"] == uri
+    missing = f"sqlite:///{tmp_path / 'none.db'}?password=hunter2"
+    with pytest.raises(UIError, match="no MLflow store") as error:
+        ui_command(tracking_uri=missing)
+    assert "hunter2" not in str(error.value)

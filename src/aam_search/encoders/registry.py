@@ -13,6 +13,7 @@ import importlib
 import inspect
 import json
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import torch
@@ -181,6 +182,32 @@ def register_encoder(name: str) -> Callable[[EncoderFactory], EncoderFactory]:
 
 def known_encoders() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def is_plugin(name: str) -> bool:
+    """A ``package.module:factory`` path (code to import and run), not a built-in name."""
+    return name not in _REGISTRY and ":" in name
+
+
+def require_allowed_encoder(name: str, allowed: Iterable[str], *, source: str, hint: str = "") -> None:
+    """Refuse to build encoder ``name`` from a config this process did not write itself.
+
+    Built-ins are resolved by name from the registry and always allowed. A plug-in is an
+    import and a call of whatever the path names (``subprocess:run`` included), so it is
+    allowed only when it is in ``allowed``, which the local user gives (e.g. ``aam-search
+    worker --allow-plugin module:factory``). ``hint`` may use ``{name}``.
+    """
+    if name in _REGISTRY:
+        return
+    if not is_plugin(name):
+        raise EncoderError(f"{source}: unknown encoder {name!r}; known encoders: {', '.join(known_encoders())}")
+    if name in set(allowed):
+        return
+    advice = f"; {hint.format(name=name)}" if hint else ""
+    raise EncoderError(
+        f"{source}: encoder {name!r} is a plug-in (code that would be imported and called), not a built-in "
+        f"({', '.join(known_encoders())}), and this process was not told to trust it{advice}"
+    )
 
 
 def _load_dotted(path: str) -> Callable[..., Any]:

@@ -6,7 +6,10 @@ Relative paths in a YAML file are relative to the file. Everything has a default
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +24,11 @@ from aam_search.features.config import (
     format_validation_error,
     load_yaml_mapping,
 )
+from aam_search.redact import has_hidden_secret, redact
 
+# Where a worker (or ``promote``) finds a tracking URI that holds a password: the study keeps
+# only the redacted URI, so the secret comes from this machine, never from the database.
+TRACKING_URI_ENV = "AAM_TRACKING_URI"
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "grid")
 STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 STUDY_NAME_RULE = "starts with a letter or digit and holds only letters, digits, '_', '.' and '-'"
@@ -131,6 +138,16 @@ class StudyConfig(BaseModel):
     def trials_dir(self) -> Path:
         return self.workdir / "trials"
 
+    def record(self) -> dict[str, Any]:
+        """What the study keeps of this config (``aam:config``): everything, with the storage
+        URL and the tracking URI redacted. Anyone who can read the study (a dashboard, any
+        worker) reads this, so it never holds a password."""
+        data = json.loads(self.model_dump_json())
+        data["storage"] = redact(self.storage_url)
+        if self.tracking_uri is not None:
+            data["tracking_uri"] = redact(self.tracking_uri)
+        return data
+
 
 def check_space(config: StudyConfig) -> None:
     """Refuse, before any extraction, what the space makes impossible: ``sampler: grid`` on a
@@ -185,4 +202,43 @@ def load_study_config(path: str | Path, **overrides: Any) -> StudyConfig:
         raise  # names its file and parameter already
     except ValueError as error:
         raise ConfigError("\n".join(f"{path}: {line}" for line in str(error).splitlines())) from None
+    return config
+
+
+def local_tracking_uri(given: str | None, stored: str | None, *, what: str) -> str | None:
+    """The tracking URI a worker or ``promote`` uses: ``given`` on its command line, else
+    ``$AAM_TRACKING_URI``, else the study's ``stored`` one, which must not be a redacted URI
+    (its password is not in the study; it has to come from this machine)."""
+    uri = given or os.environ.get(TRACKING_URI_ENV) or stored
+    if has_hidden_secret(uri):
+        raise ConfigError(
+            f"{what}: the study's tracking URI {uri} has its password hidden (the study never stores it); "
+            f"give the full URI with --tracking-uri or in the environment variable {TRACKING_URI_ENV} "
+            "(for an MLflow server, MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD also work)"
+        )
+    return uri
+
+
+def worker_config(stored: dict[str, Any], *, study: str, storage: str, workdir: str | Path | None = None,
+                  tracking_uri: str | None = None, allow_plugins: Iterable[str] = ()) -> StudyConfig:
+    """A worker's config, rebuilt from the record a study keeps (``StudyConfig.record``).
+
+    That record comes from the database, which must never choose code for the worker to run:
+    a plug-in encoder (``module:callable``) is refused unless this worker allows it itself
+    (``allow_plugins``, from ``aam-search worker --allow-plugin``). The storage URL is the
+    worker's own (it holds the password), and so is the tracking URI when the stored one is
+    redacted (see :func:`local_tracking_uri`).
+    """
+    from aam_search.encoders.registry import require_allowed_encoder
+
+    source = f"config stored in study {study!r}"
+    data = dict(stored)
+    data["storage"] = storage
+    if workdir:
+        data["workdir"] = str(workdir)
+    if data.get("track", True):
+        data["tracking_uri"] = local_tracking_uri(tracking_uri, data.get("tracking_uri"), what=source)
+    config = parse_study_config(data, source)
+    require_allowed_encoder(config.data.encoder.name, allow_plugins, source=source,
+                            hint="run the worker with --allow-plugin {name} if you trust it")
     return config

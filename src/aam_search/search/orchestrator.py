@@ -34,7 +34,6 @@ from aam_search.search.study import (
     enqueue_start_points,
     open_study,
     opened_slots,
-    redact,
     study_finished,
     waiting_trials,
 )
@@ -86,7 +85,7 @@ class Orchestrator:
         self.reference = reference_point(config.objectives, self.baseline)
         self.study = open_study(config, grid=self.space.grid(), create=not self.worker)
         if not self.worker:
-            self.study.set_user_attr(CONFIG_ATTR, json.loads(config.model_dump_json()) | {"storage": redact(config.storage_url)})
+            self.study.set_user_attr(CONFIG_ATTR, config.record())  # no secrets: see StudyConfig.record
             self.study.set_user_attr(BASELINE_ATTR, self.baseline)
             enqueue_start_points(self.study, config, set(self.space.distributions()))
         if self.tracker is not None:

@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from aam_search.redact import redact
 from aam_search.search.config import StudyConfig
 from aam_search.search.storage import (
     OPTUNA,
@@ -207,16 +208,6 @@ def enqueue_start_points(study: optuna.Study, config: StudyConfig, space_params:
         params = {k: v for k, v in point.items() if k in space_params}
         if params:
             study.enqueue_trial(params, skip_if_exists=True)
-
-
-def redact(url: str) -> str:
-    """Hide the password of a storage URL before it reaches a log or a tag."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not an SQLAlchemy URL: show nothing that might be secret
-        return url.split("://", 1)[0] + "://***" if "@" in url else url
 
 
 def load_existing_study(name: str, storage: str | None) -> optuna.Study:

@@ -27,17 +27,47 @@ FEATURES_KEY = "features"
 REMOTE_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:", "http://", "https://", "s3://", "gs://", "dbfs:/")
 
 
+def confined(folder: str | Path, relative: str | Path, source: str) -> Path:
+    """``folder/relative``, refused unless it stays inside ``folder``.
+
+    A model's files name each other (the MLmodel's artifact paths), and a model is handed
+    over by whoever could write it: an absolute path, ``..`` or a symlink that leads out of
+    the model folder would read any file of this machine. The check is on the resolved path
+    (symlinks followed), so a link inside the folder to a file inside it is fine.
+    """
+    root = Path(folder).resolve()
+    text = str(relative)
+    if not text or Path(text).is_absolute():
+        raise CheckpointError(f"{source}: artifact path {text!r} must be relative to the model folder")
+    target = (root / text).resolve()
+    if not target.is_relative_to(root):
+        raise CheckpointError(f"{source}: artifact path {text!r} leads out of the model folder")
+    return target
+
+
+def _lookup(data: Any, *keys: str) -> Any:
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
 def _adapter_in_model_dir(folder: Path, source: str) -> Path:
-    """The checkpoint inside an MLflow model folder (named by its MLmodel file)."""
+    """The checkpoint inside an MLflow model folder (named by its MLmodel file), never a
+    file outside it."""
     import yaml
 
     mlmodel = folder / "MLmodel"
     if mlmodel.is_file():
-        flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {})
-        relative = ((flavor.get("artifacts") or {}).get("adapter") or {}).get("path")
-        if relative and (folder / relative).is_file():
-            return folder / relative
-    found = sorted(folder.rglob("*.safetensors"))
+        try:
+            meta = yaml.safe_load(mlmodel.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise CheckpointError(f"{source}: unreadable MLmodel ({error})") from None
+        relative = _lookup(meta, "flavors", "python_function", "artifacts", "adapter", "path")
+        if relative is not None:
+            path = confined(folder, str(relative), source)
+            if path.is_file():
+                return path
+    found = [confined(folder, p.relative_to(folder), source) for p in sorted(folder.rglob("*.safetensors"))]
     if len(found) == 1:
         return found[0]
     raise CheckpointError(f"{source}: not an aam-search adapter model (no adapter.safetensors inside)")
@@ -62,6 +92,8 @@ def load_adapter(uri: str | Path, tracking_uri: str | None = None, map_location:
                 local = Path(download_artifacts(artifact_uri=text, dst_path=folder))
             except MlflowException as error:
                 raise CheckpointError(f"{text}: cannot fetch the model ({error.message})") from None
+            if not local.resolve().is_relative_to(Path(folder).resolve()):
+                raise CheckpointError(f"{text}: the downloaded model leads out of its download folder")
             path = local if local.is_file() else _adapter_in_model_dir(local, text)
             return load_checkpoint(path, map_location=map_location).adapter.eval()
     path = Path(text).expanduser()

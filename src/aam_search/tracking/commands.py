@@ -22,6 +22,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    from aam_search.redact import redact
     from aam_search.tracking.promote import promote
 
     promotion = promote(
@@ -37,7 +38,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"promoted trial {promotion.trial} of {promotion.study} as [bold]{promotion.model_name} version "
                   f"{promotion.version}[/] ({promotion.model_uri})", soft_wrap=True)
-    console.print(f"use it: aam_search.load_adapter({promotion.model_uri!r}, tracking_uri={promotion.tracking_uri!r})",
+    console.print(f"use it: aam_search.load_adapter({promotion.model_uri!r}, tracking_uri={redact(promotion.tracking_uri)!r})",
                   soft_wrap=True, highlight=False, markup=False)
     return 0
 
@@ -55,10 +56,11 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     from aam_search.tracking.ui import ui_command
 
-    command, url = ui_command(workdir=args.workdir, tracking_uri=args.tracking_uri, host=args.host, port=args.port)
+    command, env, url = ui_command(workdir=args.workdir, tracking_uri=args.tracking_uri, host=args.host,
+                                   port=args.port)
     console.print(f"MLflow UI at [bold]{url}[/] (Ctrl-C stops it)", highlight=False)
     try:
-        return subprocess.call(command)
+        return subprocess.call(command, env=env)
     except KeyboardInterrupt:
         return 0
 
@@ -73,7 +75,7 @@ def add_tracking_commands(sub: argparse._SubParsersAction) -> None:
                       help="least leakage among trials whose utility dropped at most this much (default 0.01)")
     rule.add_argument("--knee", action="store_true", help="the front's trial closest to its ideal corner")
     promote.add_argument("--alias", default="champion", help="registry alias moved to the new version")
-    promote.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
+    promote.add_argument("--tracking-uri", help="MLflow tracking URI (default: $AAM_TRACKING_URI, else the study's)")
     promote.add_argument("--cache", help="the feature cache, if not where the trial found it")
     promote.set_defaults(func=cmd_promote)
 

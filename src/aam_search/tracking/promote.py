@@ -31,7 +31,8 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from aam_search.search.pareto import completed, pareto_front
-from aam_search.search.study import REASON, objective_direction, redact
+from aam_search.redact import redact
+from aam_search.search.study import REASON, objective_direction
 from aam_search.tracking.errors import PromotionError
 from aam_search.tracking.store import (
     artifact_location,
@@ -151,21 +152,21 @@ def _knee(trials: list[FrozenTrial], objectives: list[str], baseline: dict[str, 
 
 # ---------------------------------------------------------------- finding what to promote
 def study_tracking_uri(study: Any, tracking_uri: str | None) -> str:
-    """The tracking URI of a study: the given one, the one it was tracked in, or the
-    default in its work folder."""
+    """The tracking URI of a study: the given one (or ``$AAM_TRACKING_URI``), the one it was
+    tracked in, or the default in its work folder. The study keeps URIs redacted, so one
+    with a password must be given (:func:`~aam_search.search.config.local_tracking_uri`)."""
+    from aam_search.redact import has_hidden_secret
+    from aam_search.search.config import local_tracking_uri
     from aam_search.search.orchestrator import CONFIG_ATTR
     from aam_search.tracking.runs import URI_ATTR
 
     stored = study.user_attrs.get(CONFIG_ATTR) or {}
     workdir = stored.get("workdir") or f"work/{study.study_name}"
-    if tracking_uri:
-        return resolve_tracking_uri(tracking_uri, workdir)
-    used = study.user_attrs.get(URI_ATTR)
-    if used and "***" not in used:
-        return used
-    if stored.get("tracking_uri"):
-        return resolve_tracking_uri(stored["tracking_uri"], workdir)
-    return default_tracking_uri(workdir)
+    # The study keeps only redacted URIs: a password comes from --tracking-uri or the environment.
+    known = [u for u in (study.user_attrs.get(URI_ATTR), stored.get("tracking_uri")) if u]
+    usable = [u for u in known if not has_hidden_secret(u)]  # studies of older versions kept it in clear
+    uri = local_tracking_uri(tracking_uri, (usable or known or [None])[0], what=f"study {study.study_name!r}")
+    return resolve_tracking_uri(uri, workdir) if uri else default_tracking_uri(workdir)
 
 
 def trial_run(client: Any, experiment_id: str, number: int) -> Any | None:

@@ -18,13 +18,35 @@ import numpy as np
 
 
 class AdapterModel(mlflow.pyfunc.PythonModel):
+    def __init__(self, model_dir: str | None = None) -> None:
+        # The model's own folder (the code file's, when MLflow loads a saved model): every
+        # artifact it reads must lie inside it, whatever the MLmodel file says.
+        self.model_dir = model_dir
+
+    def _adapter_path(self, path: str) -> str:
+        from pathlib import Path
+
+        from aam_search.trainer.checkpoint import CheckpointError
+
+        model_dir = getattr(self, "model_dir", None)
+        if model_dir is not None and (Path(model_dir) / "MLmodel").is_file():
+            root = Path(model_dir).resolve()
+            target = Path(path).resolve()
+            if not target.is_relative_to(root):
+                raise CheckpointError(f"{model_dir}: the adapter artifact {path!r} lies outside the model folder")
+            return str(target)
+        if ".." in Path(path).parts:  # a model saved before its folder was known: at least no climbing
+            raise CheckpointError(f"the adapter artifact {path!r} leads out of the model folder")
+        return path
+
     def load_context(self, context: Any) -> None:
         from aam_search.trainer.checkpoint import load_checkpoint
 
         config = dict(context.model_config or {})
         self.device = str(config.get("device", "cpu"))
         self.batch_size = int(config.get("batch_size", 256))
-        self.adapter = load_checkpoint(context.artifacts["adapter"]).adapter.to(self.device).eval()
+        path = self._adapter_path(context.artifacts["adapter"])
+        self.adapter = load_checkpoint(path).adapter.to(self.device).eval()
 
     # The np.ndarray hint (resolved at runtime: no postponed annotations here) tells MLflow
     # not to infer a schema from hints; the logged tensor signature describes the input.

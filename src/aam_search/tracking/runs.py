@@ -37,7 +37,8 @@ import yaml
 
 from aam_search.search.config import StudyConfig
 from aam_search.search.pareto import feasible, pareto_front
-from aam_search.search.study import ATTEMPT, REASON, SLOT, counted, redact
+from aam_search.redact import redact, scrub
+from aam_search.search.study import ATTEMPT, REASON, SLOT, counted
 from aam_search.tracking.params import MAX_PARAM, finite_float, final_metrics, flatten, metric_key, study_params
 from aam_search.tracking.plots import (
     TrialPoint,
@@ -204,7 +205,8 @@ class StudyTracker:
                 logger.warning(
                     "MLflow tracking at %s failed on %r (%s: %s); the study goes on and Optuna still "
                     "records every trial. Tracking retries in %.0fs; further errors are not shown.",
-                    redact(self.uri), event, type(error).__name__, str(error)[:300], PAUSE_AFTER_ERROR_S,
+                    redact(self.uri), event, type(error).__name__, scrub(str(error), self.uri)[:300],
+                    PAUSE_AFTER_ERROR_S,
                 )
 
     def _on_prepared(self, payload: dict[str, Any]) -> None:

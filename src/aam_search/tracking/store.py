@@ -26,7 +26,7 @@ from aam_search.search.storage import (
     refuse_foreign,
     retry_creation_race,
 )
-from aam_search.search.study import redact
+from aam_search.redact import redact, scrub
 from aam_search.tracking.errors import TrackingUnavailable
 
 EXPERIMENT_PREFIX = "aam-"
@@ -143,6 +143,7 @@ def connect(uri: str) -> Any:
                 retry_creation_race(lambda: client.search_experiments(max_results=1))
         except Exception as error:  # MlflowException, connection errors, bad database URLs, ...
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = scrub(reason, uri)  # a driver's message may quote the URL
             raise TrackingUnavailable(
                 f"cannot reach the MLflow tracking store at {shown} "
                 f"(after {time.monotonic() - started:.1f}s): {reason[:500]}. "
