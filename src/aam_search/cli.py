@@ -107,6 +107,14 @@ def cmd_data_import(args: argparse.Namespace) -> None:
             console.print(f"  {entry}")
 
 
+def cmd_data_merge(args: argparse.Namespace) -> None:
+    from aam_search.data.manifest import read_manifest
+    from aam_search.data.merge import merge_manifests
+
+    merged = read_manifest(merge_manifests([Path(source) for source in args.manifests], Path(args.out)))
+    console.print(f"wrote [bold]{merged.file}[/]: {len(merged.rows)} rows; attributes: {', '.join(merged.attr_names)}")
+
+
 def cmd_data_check(args: argparse.Namespace) -> None:
     from aam_search.data.manifest import missing_files, read_manifest
 
@@ -243,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="pa-hmdb51: keep the other HMDB51 videos as action-only rows")
     imp.add_argument("--reviewed-only", action="store_true", help="pa-hmdb51: skip annotations not marked reviewed")
     imp.set_defaults(func=cmd_data_import)
+
+    merge = data.add_parser("merge", help="join manifests (say UCF101 actions and VISPR attributes) into one")
+    merge.add_argument("manifests", nargs="+")
+    merge.add_argument("--out", required=True, help="merged manifest CSV (at or above every media root)")
+    merge.set_defaults(func=cmd_data_merge)
 
     check = data.add_parser("check", help="validate a manifest and look for missing files")
     check.add_argument("manifest")

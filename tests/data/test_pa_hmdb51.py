@@ -207,3 +207,26 @@ def test_cli_lists_and_runs_pa_hmdb51(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["data", "import", "pa-hmdb51", "--videos", str(videos), "--annotations", str(annotations),
                  "--splits", str(splits), "--out", str(tmp_path / "pa.csv")]) == 2
     assert "brush_hair.json:" in capsys.readouterr().err
+
+
+def test_merge_joins_action_videos_and_attribute_images(tmp_path: Path) -> None:
+    from aam_search.cli import main
+    from aam_search.data.manifest import ManifestError, write_manifest
+    from aam_search.data.merge import merge_manifests
+
+    for file in ("ucf/a.avi", "ucf/b.avi", "vispr/1.jpg", "vispr/2.jpg"):
+        touch(tmp_path / file)
+    actions = write_manifest(tmp_path / "ucf" / "m.csv", [{"path": "a.avi", "split": "train", "action": "run"},
+                                                           {"path": "b.avi", "split": "test", "action": "jump"}])
+    images = write_manifest(tmp_path / "vispr" / "m.csv", [{"path": "1.jpg", "split": "train", "attr:a4_gender": 1},
+                                                            {"path": "2.jpg", "split": "val", "attr:a4_gender": 0}])
+    assert main(["data", "merge", str(actions), str(images), "--out", str(tmp_path / "all.csv")]) == 0
+    merged = read_manifest(tmp_path / "all.csv")
+    by_path = {row.rel_path: row for row in merged.rows}
+    assert set(by_path) == {"ucf/a.avi", "ucf/b.avi", "vispr/1.jpg", "vispr/2.jpg"}
+    assert by_path["ucf/a.avi"].attrs == {"a4_gender": None} and by_path["ucf/a.avi"].action == "run"
+    assert by_path["vispr/1.jpg"].attrs == {"a4_gender": 1} and by_path["vispr/1.jpg"].action is None
+    with pytest.raises(ManifestError, match=r"a\.avi is also listed in .*m\.csv, row 2"):
+        merge_manifests([actions, actions], tmp_path / "twice.csv")
+    with pytest.raises(ManifestError, match="outside the merged manifest's folder"):
+        merge_manifests([actions, images], tmp_path / "ucf" / "inside.csv")
