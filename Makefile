@@ -4,6 +4,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_PIN ?= torch==2.13.0
+# torchvision pins exactly one torch: 0.28.0 goes with 2.13.0. Installed in the same pip call,
+# so pip never resolves a second torch for it.
+TORCHVISION_PIN ?= torchvision==0.28.0
+# Asked before PyPI for the pins above: its +cpu wheels outrank PyPI's CUDA builds of the same
+# version. Offline, pip falls back to local wheels and PyPI (see encoders/torchvision_compat.py).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEMO_DIR ?= work/demo
@@ -23,7 +29,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 		$(PYTHON) -m venv $(VENV); \
 	fi
 	$(PIP) install -q --upgrade pip
-	$(PY) -c "import torch" >/dev/null 2>&1 || $(PIP) install -q "$(TORCH_PIN)"
+	$(PY) -c "import torch" >/dev/null 2>&1 || \
+		$(PIP) install -q --extra-index-url "$(TORCH_INDEX)" "$(TORCH_PIN)" "$(TORCHVISION_PIN)"
+	# A kept torch gets the torchvision built for it, or none: never a torch replaced for torchvision.
+	$(PY) -c "import torchvision" >/dev/null 2>&1 || \
+		$(PIP) install -q torchvision "torch==$$($(PY) -c 'import torch; print(torch.__version__)')" || \
+		echo "no torchvision matches this torch: the torchvision encoders (r3d_18, ...) are unavailable"
 	$(PIP) install -q -e ".[dev,transformers]"
 	# DeepSpeed ships only an sdist: build it against the torch above, never an isolated one.
 	$(PIP) install -q --no-build-isolation "deepspeed>=0.14"
