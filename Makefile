@@ -7,9 +7,10 @@ TORCH_PIN ?= torch==2.13.0
 # torchvision pins exactly one torch: 0.28.0 goes with 2.13.0. Installed in the same pip call,
 # so pip never resolves a second torch for it.
 TORCHVISION_PIN ?= torchvision==0.28.0
-# Asked before PyPI for the pins above: its +cpu wheels outrank PyPI's CUDA builds of the same
-# version. Offline, pip falls back to local wheels and PyPI (see encoders/torchvision_compat.py).
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# An extra index asked for the pins above (for example PyTorch's CPU index, whose +cpu torchvision
+# matches a CPU torch); empty by default, since only PyPI is reachable on our machines. PyPI's
+# torchvision next to a CPU torch imports through encoders/torchvision_compat.py.
+TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEMO_DIR ?= work/demo
@@ -30,9 +31,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	fi
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" >/dev/null 2>&1 || \
-		$(PIP) install -q --extra-index-url "$(TORCH_INDEX)" "$(TORCH_PIN)" "$(TORCHVISION_PIN)"
+		$(PIP) install -q $(if $(TORCH_INDEX),--extra-index-url "$(TORCH_INDEX)") "$(TORCH_PIN)" "$(TORCHVISION_PIN)"
 	# A kept torch gets the torchvision built for it, or none: never a torch replaced for torchvision.
-	$(PY) -c "import torchvision" >/dev/null 2>&1 || \
+	$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchvision') is None)" || \
 		$(PIP) install -q torchvision "torch==$$($(PY) -c 'import torch; print(torch.__version__)')" || \
 		echo "no torchvision matches this torch: the torchvision encoders (r3d_18, ...) are unavailable"
 	$(PIP) install -q -e ".[dev,transformers]"
