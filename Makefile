@@ -4,6 +4,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_PIN ?= torch==2.13.0
+# torchvision pins exactly one torch: 0.28.0 goes with 2.13.0. Installed in the same pip call,
+# so pip never resolves a second torch for it.
+TORCHVISION_PIN ?= torchvision==0.28.0
+# An extra index asked for the pins above (for example PyTorch's CPU index, whose +cpu torchvision
+# matches a CPU torch); empty by default, since only PyPI is reachable on our machines. PyPI's
+# torchvision next to a CPU torch imports through encoders/torchvision_compat.py.
+TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEMO_DIR ?= work/demo
@@ -23,7 +30,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 		$(PYTHON) -m venv $(VENV); \
 	fi
 	$(PIP) install -q --upgrade pip
-	$(PY) -c "import torch" >/dev/null 2>&1 || $(PIP) install -q "$(TORCH_PIN)"
+	$(PY) -c "import torch" >/dev/null 2>&1 || \
+		$(PIP) install -q $(if $(TORCH_INDEX),--extra-index-url "$(TORCH_INDEX)") "$(TORCH_PIN)" "$(TORCHVISION_PIN)"
+	# A kept torch gets the torchvision built for it, or none: never a torch replaced for torchvision.
+	$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchvision') is None)" || \
+		$(PIP) install -q torchvision "torch==$$($(PY) -c 'import torch; print(torch.__version__)')" || \
+		echo "no torchvision matches this torch: the torchvision encoders (r3d_18, ...) are unavailable"
 	$(PIP) install -q -e ".[dev,transformers]"
 	# DeepSpeed ships only an sdist: build it against the torch above, never an isolated one.
 	$(PIP) install -q --no-build-isolation "deepspeed>=0.14"

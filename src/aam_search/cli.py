@@ -79,7 +79,20 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 def cmd_data_import(args: argparse.Namespace) -> None:
     from aam_search.data import importers
 
-    if args.dataset in ("ucf101", "hmdb51"):
+    if args.dataset == "pa-hmdb51":
+        from aam_search.data.pa_hmdb51 import PA_ATTRIBUTES, import_pa_hmdb51
+
+        missing = [f"--{name}" for name in ("videos", "annotations", "splits") if not getattr(args, name)]
+        if missing:
+            raise SystemExit(f"pa-hmdb51 needs {', '.join(missing)}")
+
+        report = import_pa_hmdb51(
+            Path(args.videos), Path(args.annotations), Path(args.splits), Path(args.out), split=args.split,
+            rule=args.span_rule, attributes=tuple(args.attributes.split(",")) if args.attributes else PA_ATTRIBUTES,
+            include_unannotated=args.include_unannotated, reviewed_only=args.reviewed_only,
+            val_fraction=args.val_fraction, seed=args.seed,
+        )
+    elif args.dataset in ("ucf101", "hmdb51"):
         run = importers.import_ucf101 if args.dataset == "ucf101" else importers.import_hmdb51
         report = run(Path(args.videos), Path(args.splits), Path(args.out), split=args.split,
                      val_fraction=args.val_fraction, seed=args.seed)
@@ -89,11 +102,19 @@ def cmd_data_import(args: argparse.Namespace) -> None:
         attributes = tuple(args.attributes.split(",")) if args.attributes else importers.VISPR_PAPER_ATTRIBUTES
         report = importers.import_vispr(Path(args.images), Path(args.annotations), Path(args.out),
                                         attributes=attributes)
-    console.print(f"wrote [bold]{report.manifest}[/]: {report.rows_per_split}")
+    console.print(report.summary(), highlight=False)  # rows per split, skipped entries counted by reason
     if report.skipped:
         console.print(f"[yellow]{len(report.skipped)} entries skipped[/], first ones:")
         for entry in report.skipped[:10]:
             console.print(f"  {entry}")
+
+
+def cmd_data_merge(args: argparse.Namespace) -> None:
+    from aam_search.data.manifest import read_manifest
+    from aam_search.data.merge import merge_manifests
+
+    merged = read_manifest(merge_manifests([Path(source) for source in args.manifests], Path(args.out)))
+    console.print(f"wrote [bold]{merged.file}[/]: {len(merged.rows)} rows; attributes: {', '.join(merged.attr_names)}")
 
 
 def cmd_data_check(args: argparse.Namespace) -> None:
@@ -221,17 +242,28 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=cmd_data_synth)
 
     imp = data.add_parser("import", help="turn a public dataset's annotation files into a manifest")
-    imp.add_argument("dataset", choices=["ucf101", "hmdb51", "kinetics", "vispr"])
+    imp.add_argument("dataset", choices=["ucf101", "hmdb51", "pa-hmdb51", "kinetics", "vispr"])
     imp.add_argument("--out", required=True, help="manifest CSV to write (at or above the media root)")
-    imp.add_argument("--videos", help="videos root (ucf101, hmdb51, kinetics)")
-    imp.add_argument("--splits", help="folder of the split files (ucf101, hmdb51)")
+    imp.add_argument("--videos", help="videos root (ucf101, hmdb51, pa-hmdb51, kinetics)")
+    imp.add_argument("--splits", help="folder of the split files (ucf101, hmdb51, pa-hmdb51)")
     imp.add_argument("--split", type=int, default=1)
     imp.add_argument("--val-fraction", type=float, default=0.1)
     imp.add_argument("--seed", type=int, default=0)
-    imp.add_argument("--annotations", help="Kinetics CSV, or VISPR annotations folder")
+    imp.add_argument("--annotations", help="Kinetics CSV, VISPR or PA-HMDB51 (PrivacyAttributes) annotations folder")
     imp.add_argument("--images", help="VISPR images root")
-    imp.add_argument("--attributes", help="VISPR attributes, comma separated (default: the paper's 7)")
+    imp.add_argument("--attributes", help="VISPR attributes (default: the paper's 7) or PA-HMDB51 attributes "
+                     "(default: all 5), comma separated")
+    imp.add_argument("--span-rule", choices=["any", "majority", "all"], default="any",
+                     help="pa-hmdb51: a value is positive if present in any span, most frames, or all frames")
+    imp.add_argument("--include-unannotated", action="store_true",
+                     help="pa-hmdb51: keep the other HMDB51 videos as action-only rows")
+    imp.add_argument("--reviewed-only", action="store_true", help="pa-hmdb51: skip annotations not marked reviewed")
     imp.set_defaults(func=cmd_data_import)
+
+    merge = data.add_parser("merge", help="join manifests (say UCF101 actions and VISPR attributes) into one")
+    merge.add_argument("manifests", nargs="+")
+    merge.add_argument("--out", required=True, help="merged manifest CSV (at or above every media root)")
+    merge.set_defaults(func=cmd_data_merge)
 
     check = data.add_parser("check", help="validate a manifest and look for missing files")
     check.add_argument("manifest")

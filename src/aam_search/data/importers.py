@@ -13,7 +13,7 @@ import os
 import random
 import re
 from collections import Counter
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -125,35 +125,57 @@ def import_hmdb51(
     Validation clips are taken out of train by source movie (the name before ``_<class>_``),
     since HMDB51 cuts several clips from one movie scene.
     """
-    videos_root, splits_dir = Path(videos_root), Path(splits_dir)
+    videos_root = Path(videos_root)
     out_dir = _checked_out_dir(out, videos_root)
+    skipped: list[SkippedEntry] = []
+    train: list[tuple[str, Path, tuple[str, str]]] = []  # (action, file, (action, source movie))
+    test: list[tuple[str, Path]] = []
+    for entry in read_hmdb51_split(splits_dir, split):
+        if entry.usage == "0":
+            skipped.append(SkippedEntry(entry.source, f"unused in split {split}"))
+            continue
+        video = videos_root / entry.action / entry.name
+        if not video.is_file():
+            skipped.append(SkippedEntry(entry.source, FILE_NOT_FOUND))
+        elif entry.usage == "1":
+            train.append((entry.action, video, entry.group))
+        else:
+            test.append((entry.action, video))
+
+    return _write_grouped(out, out_dir, train, test, skipped, val_fraction, seed)
+
+
+@dataclass(frozen=True)
+class HMDB51Entry:
+    """One line of an HMDB51 split file."""
+
+    source: str  # "<split file>:<line>: <video name>"
+    action: str
+    name: str
+    usage: str  # "1" train, "2" test, "0" unused in this split
+
+    @property
+    def group(self) -> tuple[str, str]:
+        """(action, source movie): clips cut from one movie scene stay on one side of train/val."""
+        return self.action, self.name.rsplit(f"_{self.action}_", 1)[0]
+
+
+def read_hmdb51_split(splits_dir: str | Path, split: int = 1) -> list[HMDB51Entry]:
+    """Every line of the ``<class>_test_split{N}.txt`` files, in file then line order."""
+    splits_dir = Path(splits_dir)
     suffix = f"_test_split{split}.txt"
     split_files = sorted(splits_dir.glob(f"*{suffix}"))
     if not split_files:
         raise ImportFormatError(f"{splits_dir}: no '*{suffix}' files")
-    skipped: list[SkippedEntry] = []
-    train: list[tuple[str, Path, tuple[str, str]]] = []  # (action, file, (action, source movie))
-    test: list[tuple[str, Path]] = []
+    entries: list[HMDB51Entry] = []
     for split_file in split_files:
         action = split_file.name[: -len(suffix)]
         for number, fields in _numbered_fields(split_file):
             source = f"{split_file}:{number}"
             if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
                 raise ImportFormatError(f"{source}: expected '<video name> <0|1|2>', got {' '.join(fields)!r}")
-            name, usage = fields
-            if usage == "0":
-                skipped.append(SkippedEntry(f"{source}: {name}", f"unused in split {split}"))
-                continue
-            video = videos_root / action / name
-            if not video.is_file():
-                skipped.append(SkippedEntry(f"{source}: {name}", FILE_NOT_FOUND))
-            elif usage == "1":
-                movie = name.rsplit(f"_{action}_", 1)[0]
-                train.append((action, video, (action, movie)))
-            else:
-                test.append((action, video))
-
-    return _write_grouped(out, out_dir, train, test, skipped, val_fraction, seed)
+            entries.append(HMDB51Entry(f"{source}: {fields[0]}", action, fields[0], fields[1]))
+    return entries
 
 
 def import_kinetics(
@@ -289,14 +311,20 @@ def _write_grouped(
     skipped: list[SkippedEntry],
     val_fraction: float,
     seed: int,
+    labels: Callable[[Path], dict[str, object]] | None = None,
+    columns: Sequence[str] | None = None,
 ) -> ImportReport:
-    """Write a manifest whose val split is whole groups of train (no group on both sides)."""
+    """Write a manifest whose val split is whole groups of train (no group on both sides).
+
+    ``labels(video)`` adds further cells (``attr:`` columns...) to a video's row.
+    """
     val_groups = _pick_val_groups({group for _, _, group in train}, val_fraction, seed)
+    extra = labels or (lambda _video: {})
     rows = [
-        _row(out_dir, video, "val" if group in val_groups else "train", action)
+        {**_row(out_dir, video, "val" if group in val_groups else "train", action), **extra(video)}
         for action, video, group in train
-    ] + [_row(out_dir, video, "test", action) for action, video in test]
-    return _write(out, rows, skipped)
+    ] + [{**_row(out_dir, video, "test", action), **extra(video)} for action, video in test]
+    return _write(out, rows, skipped, columns)
 
 
 def _pick_val_groups(groups: Iterable[GroupKey], val_fraction: float, seed: int) -> set[GroupKey]:

@@ -14,12 +14,14 @@ import torch
 from torch import nn
 
 from .registry import IMAGENET_MEAN, IMAGENET_STD, EncoderError, FrozenEncoder, register_encoder
+from .torchvision_compat import import_torchvision
 
 POOLS = ("temporal", "mean", "none")
 _NAME = "videomae"
 
 
 def _import_transformers() -> Any:
+    import_torchvision()  # a torchvision that does not match torch would break transformers' import
     try:
         import transformers
     except ImportError as exc:
