@@ -57,6 +57,14 @@ PRESETS: dict[str, dict[str, Any]] = {
             "optim.min_steps": {"type": "fixed", "value": 0},
         },
     },
+    "full": {
+        "description": "loss-weights + adapter-size + the learning rate and privacy objective",
+        "include": ["loss-weights", "adapter-size"],
+        "params": {
+            "optim.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+            "loss.privacy_objective": {"type": "categorical", "choices": ["selfsup", "adversarial"]},
+        },
+    },
     "privacy": {
         "description": "the privacy objective mix (NT-Xent, HSIC penalty, linear eraser) with the loss weights and lr",
         "params": {
@@ -69,14 +77,6 @@ PRESETS: dict[str, dict[str, Any]] = {
             "loss.hsic_condition": {"type": "categorical", "choices": ["none", "action"]},
             "loss.eraser": {"type": "categorical", "choices": [True, False]},  # needs attr: labels
             "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        },
-    },
-    "full": {
-        "description": "loss-weights + adapter-size + the learning rate and privacy objective",
-        "include": ["loss-weights", "adapter-size"],
-        "params": {
-            "optim.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
-            "loss.privacy_objective": {"type": "categorical", "choices": ["selfsup", "adversarial"]},
         },
     },
 }
