@@ -225,7 +225,7 @@ def test_the_starter_config_trains_as_written(tmp_path):
     assert trial.optim.budget(2).total_steps >= 500
 
 
-def test_the_starter_space_searches_the_lr():
+def test_the_starter_space_searches_the_lr(tmp_path):
     from aam_search.spaces import resolve_space
 
-    assert "optim.lr" in resolve_space("loss-weights").params
+    assert "optim.lr" in resolve_space(_starter(tmp_path)["space"]).params
