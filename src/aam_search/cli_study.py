@@ -29,10 +29,10 @@ data:
     options: {{}}                   # videomae: {{model: MCG-NJU/videomae-base}} or a local path
   clips: {{stride: 2, eval_clips: 5, static_clips: 2}}
 
-space: loss-weights               # loss-weights | adapter-size | paper | full | privacy | path/to/space.yaml
-#   loss-weights: w_LC, w_T, w_B, tau and the lr; the NT-Xent privacy loss needs no attr: labels
+space: privacy                    # privacy | loss-weights | adapter-size | paper | full | path/to/space.yaml
 #   privacy: NT-Xent, HSIC penalty, linear eraser, their weights, the lr (HSIC and eraser need
 #            attr: labels in the train split; the study's start says so if they are missing)
+#   loss-weights: w_LC, w_T, w_B, tau and the lr; the NT-Xent privacy loss needs no attr: labels
 #   paper: the paper's grid with its optimiser (lr 1e-4 at batch 512, linear scaling, 100 epochs)
 objectives: [utility, leakage]    # also leakage:static, leakage:clip, task:<name>, params, combined
 # max_utility_drop: 0.01          # constraint: at most 1% relative utility drop against raw features
