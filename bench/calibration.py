@@ -21,7 +21,8 @@ from common import synthetic_cache
 
 # (label, loss overrides, optim overrides)
 SETTINGS = [
-    ("paper defaults (w_LC=100, w_T=1, w_B=1; lr 1e-4 x batch/512)", {}, {"epochs": 100}),
+    ("paper defaults (w_LC=100, w_T=1, w_B=1; lr 1e-4 x batch/512)", {},
+     {"epochs": 100, "min_steps": 0, "base_lr": 1e-4, "base_batch": 512, "lr_scaling": "linear"}),
     ("paper weights, lr 1e-3", {}, {"lr": 1e-3, "epochs": 50}),
     ("w_LC=1000", {"w_lc": 1000.0}, {"lr": 1e-3, "epochs": 50}),
     ("w_LC=10", {"w_lc": 10.0}, {"lr": 1e-3, "epochs": 50}),

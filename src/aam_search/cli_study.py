@@ -31,7 +31,11 @@ data:
     options: {{}}                   # videomae: {{model: MCG-NJU/videomae-base}} or a local path
   clips: {{stride: 2, eval_clips: 5, static_clips: 2}}
 
-space: loss-weights               # loss-weights | adapter-size | paper | full | path/to/space.yaml
+space: privacy                    # privacy | loss-weights | adapter-size | paper | full | path/to/space.yaml
+#   privacy: NT-Xent, HSIC penalty, linear eraser, their weights, the lr (HSIC and eraser need
+#            attr: labels in the train split; the study's start says so if they are missing)
+#   loss-weights: w_LC, w_T, w_B, tau and the lr; the NT-Xent privacy loss needs no attr: labels
+#   paper: the paper's grid with its optimiser (lr 1e-4 at batch 512, linear scaling, 100 epochs)
 objectives: [utility, leakage]    # also leakage:static, leakage:clip, task:<name>, params, combined
 # max_utility_drop: 0.01          # constraint: at most 1% relative utility drop against raw features
 sampler: tpe                      # tpe | nsga2 | nsga3 | gp | random | grid (with space: paper)
@@ -40,7 +44,9 @@ n_trials: 24
 enqueue_paper_default: true       # the paper's w_LC=100, w_T=1, w_B=1 runs first
 
 trial:                            # shared by every trial; the space overrides what it searches
-  optim: {{epochs: 20, batch_size: 64}}
+  # 20 epochs, or more until 500 optimizer steps (a small train set makes few steps per epoch);
+  # lr: searched by the space, else 1e-3 at batch 64, scaled by sqrt(batch_size / 64)
+  optim: {{epochs: 20, min_steps: 500, batch_size: 64}}
   eval: {{primary_protocol: static}}
   # deepspeed: ds_zero2.json      # ZeRO through Accelerate's DeepSpeed plugin
 

@@ -25,7 +25,7 @@ from aam_search.search.orchestrator import Orchestrator
 from tests.search.postgres import postgres_url  # noqa: F401  (a fixture)
 
 TINY_TRIAL = {
-    "optim": {"epochs": 1, "batch_size": 4, "head_pretrain_epochs": 1},
+    "optim": {"epochs": 1, "min_steps": 0, "batch_size": 4, "head_pretrain_epochs": 1},
     "eval": {"attacker_epochs": 3, "probe_epochs": 3},
 }
 # Trials that train for minutes unless stopped (each epoch is a few milliseconds).

@@ -26,7 +26,7 @@ def test_init_writes_a_starter_that_loads(tmp_path, small_cache, capsys):
     assert starter.name == "hmdb-aam"
     assert starter.data.manifest == tmp_path / "conf" / "data" / "manifest.csv"
     assert (starter.n_trials, starter.sampler, starter.objectives) == (24, "tpe", ["utility", "leakage"])
-    assert starter.enqueue_paper_default and starter.space == "loss-weights"
+    assert starter.enqueue_paper_default and starter.space == "privacy"
     # Pointed at a ready cache instead, it is a study config the orchestrator can run.
     data = yaml.safe_load(path.read_text())
     del data["data"]["manifest"]

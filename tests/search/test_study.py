@@ -51,7 +51,7 @@ def test_values_are_utility_and_leakage_from_result_json(final):
 def test_the_first_trial_runs_the_paper_default(final):
     first = final.trials[0]
     searched = {k: v for k, v in PAPER_DEFAULT.items() if k in first.params}
-    assert set(searched) == {"loss.w_lc", "loss.w_task", "loss.w_privacy", "loss.temperature"}
+    assert set(searched) == {"loss.w_lc", "loss.w_task", "loss.w_privacy", "loss.temperature", "optim.lr"}
     assert first.params == searched
     assert first.params["loss.w_lc"] == 100
     # Later trials are sampled, not the default again.

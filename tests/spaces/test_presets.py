@@ -17,11 +17,11 @@ def _sampler(kind: str) -> optuna.samplers.BaseSampler:
 
 
 def test_preset_names():
-    assert preset_names() == ["loss-weights", "adapter-size", "paper", "full"]
+    assert preset_names() == ["loss-weights", "adapter-size", "paper", "full", "privacy"]
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
-@pytest.mark.parametrize("name", ["loss-weights", "adapter-size", "paper", "full"])
+@pytest.mark.parametrize("name", ["loss-weights", "adapter-size", "paper", "full", "privacy"])
 def test_suggestions_make_valid_trial_configs(name, sampler):
     space = preset(name)
     seen = []
@@ -94,3 +94,28 @@ def test_preset_distributions():
 
 def test_resolve_preset_by_name():
     assert resolve_space("paper") == preset("paper")
+
+
+def test_paper_preset_runs_the_papers_optimiser():
+    space = preset("paper")
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler(space.grid(), seed=0))
+    params = space.suggest(study.ask())
+    # Even over a study whose shared trial settings give an explicit lr.
+    config = parse_trial_config(merge_overrides({"cache": "/tmp/x", "optim": {"lr": 3e-3, "batch_size": 64}},
+                                                space.to_overrides(params)))
+    assert config.optim.effective_lr == pytest.approx(1e-4 * 64 / 512)
+    assert config.optim.budget(2).epochs == 100  # no step floor: the paper's 100 epochs
+
+
+def test_privacy_preset_searches_the_objective_mix_and_the_lr():
+    dists = preset("privacy").distributions()
+    assert dists["loss.w_hsic"] == FloatDistribution(0.01, 100.0, log=True)
+    assert dists["loss.eraser"] == CategoricalDistribution([True, False])
+    assert dists["loss.hsic_condition"] == CategoricalDistribution(["none", "action"])
+    assert dists["loss.privacy_objective"] == CategoricalDistribution(["selfsup", "adversarial"])
+    assert dists["optim.lr"] == FloatDistribution(1e-4, 1e-2, log=True)
+    assert {"loss.w_lc", "loss.w_privacy", "loss.w_task"} <= set(dists)
+
+
+def test_the_default_space_searches_the_lr():
+    assert preset("loss-weights").distributions()["optim.lr"] == FloatDistribution(1e-4, 1e-2, log=True)

@@ -16,7 +16,7 @@ from aam_search.search.config import StudyConfig, parse_study_config
 from aam_search.search.orchestrator import Orchestrator, StudyOutcome
 
 TINY_TRIAL = {
-    "optim": {"epochs": 2, "batch_size": 4, "head_pretrain_epochs": 1},
+    "optim": {"epochs": 2, "min_steps": 0, "batch_size": 4, "head_pretrain_epochs": 1},
     "eval": {"attacker_epochs": 3, "probe_epochs": 3},
 }
 

@@ -43,7 +43,9 @@ def test_paper_defaults():
     config = TrialConfig(cache=Path("/c"))
     assert (config.loss.w_lc, config.loss.w_task, config.loss.w_privacy) == (100.0, 1.0, 1.0)
     assert config.loss.temperature == 0.1
-    assert config.optim.base_lr == 1e-4 and config.optim.base_batch == 512
+    # The optimiser is the project's (the paper's lives in the `paper` space preset).
+    assert config.optim.effective_lr == 1e-3 and config.optim.min_steps == 500
+    assert (config.loss.w_hsic, config.loss.eraser) == (0.0, False)  # beyond the paper: off
     assert config.adapter.kind == "attention" and config.adapter.layers == 3 and config.adapter.heads == 8
     assert config.eval.primary_protocol in config.eval.protocols
 
@@ -59,6 +61,12 @@ def test_paper_defaults():
         ({"loss": {"w_lc": -1}}, "loss.w_lc"),
         ({"loss": {"temperature": 0}}, "loss.temperature"),
         ({"loss": {"privacy_objective": "minmax"}}, "loss.privacy_objective"),
+        ({"loss": {"w_hsic": -1}}, "loss.w_hsic"),
+        ({"loss": {"hsic_condition": "gender"}}, "loss.hsic_condition"),
+        ({"loss": {"eraser": "maybe"}}, "loss.eraser"),
+        ({"optim": {"min_steps": -1}}, "optim.min_steps"),
+        ({"optim": {"lr_scaling": "cubic"}}, "optim.lr_scaling"),
+        ({"optim": {"warmup_fraction": 1.0}}, "optim.warmup_fraction"),
         ({"adapter": {"layers": 0}}, "adapter.layers"),
         ({"adapter": {"kind": "conv"}}, "adapter.kind"),
         ({"eval": {"protocols": ["static", "pixels"]}}, "eval.protocols.1"),  # names the bad item
@@ -140,17 +148,23 @@ def test_home_relative_cache_is_expanded(tmp_path, monkeypatch):
     assert load_trial_config(path).cache == tmp_path / "home" / "caches" / "key"
 
 
+PAPER_OPTIM = {"base_lr": 1e-4, "base_batch": 512, "lr_scaling": "linear"}
+
+
 @pytest.mark.parametrize(
     ("optim", "expected"),
     [
-        ({"batch_size": 512}, 1e-4),
-        ({"batch_size": 64}, 1e-4 * 64 / 512),
-        ({"batch_size": 1024}, 2e-4),
+        ({"batch_size": 64}, 1e-3),  # the default: 1e-3 at batch 64 ...
+        ({"batch_size": 256}, 2e-3),  # ... scaled by sqrt(batch / 64), Adam's rule
+        ({"batch_size": 16}, 5e-4),
+        ({"batch_size": 256, "lr_scaling": "none"}, 1e-3),
+        ({"batch_size": 512, **PAPER_OPTIM}, 1e-4),  # the paper's rule
+        ({"batch_size": 64, **PAPER_OPTIM}, 1e-4 * 64 / 512),
         ({"batch_size": 64, "lr": 3e-3}, 3e-3),  # an explicit lr wins
-        ({"batch_size": 128, "base_lr": 2e-4, "base_batch": 256}, 1e-4),
+        ({"batch_size": 128, "base_lr": 2e-4, "base_batch": 256, "lr_scaling": "linear"}, 1e-4),
     ],
 )
-def test_effective_lr_scales_linearly_unless_given(tmp_path, optim, expected):
+def test_effective_lr_scales_unless_given(tmp_path, optim, expected):
     config = load_trial_config(_write(tmp_path, {"cache": "c", "optim": optim}))
     assert config.optim.effective_lr == pytest.approx(expected, rel=1e-12)
     resolved = config.resolved()
@@ -184,7 +198,7 @@ def test_config_is_frozen():
 
 
 def test_strict_types_still_take_ints_for_floats_and_exponent_notation(tmp_path):
-    path = _write(tmp_path, "cache: c\nseed: 4294967295\nloss: {w_lc: 10}\noptim: {lr: 1e-5, warmup_epochs: 0}\n")
+    path = _write(tmp_path, "cache: c\nseed: 4294967295\nloss: {w_lc: 10}\noptim: {lr: 1e-5, warmup_fraction: 0}\n")
     config = load_trial_config(path)
     assert config.loss.w_lc == 10.0 and isinstance(config.loss.w_lc, float)
     assert config.optim.lr == 1e-5  # plain YAML 1.1 would read '1e-5' as a string
@@ -211,3 +225,46 @@ def test_a_deepspeed_file_that_is_no_json_object_is_named(tmp_path, text, proble
     message = str(caught.value)
     assert message.startswith(f"{path}: field 'deepspeed': {(tmp_path / 'ds.yaml').resolve()}: ")
     assert problem in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("optim", "steps_per_epoch", "epochs", "total", "warmup"),
+    [
+        ({}, 1, 500, 500, 25),  # 100 train videos at batch 64: epochs raised to 500 steps
+        ({}, 2, 250, 500, 25),
+        ({}, 3, 167, 501, 25),  # whole epochs: at least min_steps
+        ({}, 1562, 20, 31240, 1562),  # 100k videos: the 20 epochs are the larger budget
+        ({"min_steps": 0}, 1, 20, 20, 1),
+        ({"epochs": 100, "min_steps": 0, "warmup_fraction": 0.0}, 4, 100, 400, 0),
+    ],
+)
+def test_budget_takes_epochs_or_min_steps_whichever_is_more(optim, steps_per_epoch, epochs, total, warmup):
+    config = parse_trial_config({"cache": "/c", "optim": optim})
+    budget = config.optim.budget(steps_per_epoch)
+    assert (budget.steps_per_epoch, budget.epochs, budget.total_steps, budget.warmup_steps) == (
+        steps_per_epoch, epochs, total, warmup)
+    recorded = config.resolved(steps_per_epoch)["optim"]["budget"]
+    assert recorded == {"steps_per_epoch": steps_per_epoch, "epochs": epochs, "total_steps": total,
+                        "warmup_steps": warmup}
+    assert "budget" not in config.resolved()["optim"]  # unknown until the train set is
+
+
+def _starter(tmp_path) -> dict:
+    from aam_search.cli_study import STARTER_CONFIG
+
+    return yaml.safe_load(STARTER_CONFIG.format(path=tmp_path / "study.yaml", name="s", manifest="m.csv"))
+
+
+def test_the_starter_config_trains_as_written(tmp_path):
+    """`aam-search init`'s trial settings must move the adapter on a small dataset: enough
+    steps at an lr that is not the paper's 1e-4 scaled down to batch 64 (1.25e-5)."""
+    trial = parse_trial_config({**_starter(tmp_path)["trial"], "cache": "/c"})
+    assert trial.optim.effective_lr >= 5e-4
+    assert trial.optim.budget(1).total_steps >= 500  # 100 train videos at batch 64
+    assert trial.optim.budget(2).total_steps >= 500
+
+
+def test_the_starter_space_searches_the_lr(tmp_path):
+    from aam_search.spaces import resolve_space
+
+    assert "optim.lr" in resolve_space(_starter(tmp_path)["space"]).params

@@ -7,6 +7,7 @@ from torch import nn
 from aam_search.trainer.losses import (
     LossWeights,
     latent_consistency,
+    normalized_hsic,
     nt_xent,
     privacy_views,
     task_loss,
@@ -171,3 +172,85 @@ def test_privacy_views_detach_adapter_only_trains_projector():
     assert all(p.grad is not None for p in projector.parameters())
     privacy_views(adapter, projector, a, b).backward()
     assert adapter.blocks[0].attn.out_proj.weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- normalized_hsic
+
+
+def _labelled(n: int = 64, attrs: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(n, attrs, generator=g) > 0.5).long()
+    noise = torch.randn(n, 8, generator=g)
+    return labels, noise
+
+
+def test_hsic_is_high_for_dependent_and_low_for_independent_features():
+    labels, noise = _labelled()
+    dependent = torch.cat([labels.float() * 3, torch.zeros(len(labels), 6)], 1) + 0.1 * noise
+    high = normalized_hsic(dependent, labels)
+    low = normalized_hsic(noise, labels)
+    assert 0 <= low < 0.1 < 0.5 < high <= 1 + 1e-6
+
+
+def test_hsic_is_scale_invariant_through_the_median_bandwidth():
+    labels, noise = _labelled()
+    features = noise + labels[:, :1].float()
+    assert normalized_hsic(features * 100, labels).item() == pytest.approx(normalized_hsic(features, labels).item(),
+                                                                           rel=1e-4)
+
+
+def test_rows_without_labels_contribute_nothing():
+    labels, noise = _labelled()
+    features = noise + labels[:, :1].float()
+    extra = torch.randn(20, 8) * 5
+    unlabelled = torch.full((20, 2), -1)
+    alone = normalized_hsic(features, labels)
+    mixed = normalized_hsic(torch.cat([features, extra]), torch.cat([labels, unlabelled]))
+    assert mixed.item() == pytest.approx(alone.item(), rel=1e-5)
+
+
+def test_an_unknown_entry_adds_nothing_to_its_attribute():
+    labels, noise = _labelled()
+    features = noise + 2 * labels[:, :1].float()  # only attribute 0 is encoded
+    hidden = labels.clone()
+    hidden[:10, 1] = -1  # unknown values of the unencoded attribute
+    assert normalized_hsic(features, hidden).item() == pytest.approx(normalized_hsic(features, labels).item(),
+                                                                     abs=0.05)
+
+
+def test_conditioning_on_the_group_ignores_what_the_group_explains():
+    g = torch.Generator().manual_seed(1)
+    groups = torch.randint(0, 4, (80,), generator=g)
+    labels = (groups % 2).unsqueeze(1)  # the attribute IS a function of the group (the action)
+    features = torch.nn.functional.one_hot(groups, 4).float() + 0.05 * torch.randn(80, 4, generator=g)
+    assert normalized_hsic(features, labels) > 0.3
+    assert normalized_hsic(features, labels, groups).item() < 0.05
+    # Rows of unknown group are centred globally, as without conditioning.
+    unknown = torch.full_like(groups, -1)
+    assert normalized_hsic(features, labels, unknown).item() == pytest.approx(
+        normalized_hsic(features, labels).item(), rel=1e-5)
+
+
+def test_hsic_on_too_few_rows_is_zero_and_backpropagates():
+    features = torch.randn(5, 3, requires_grad=True)
+    labels = torch.tensor([[1], [0], [1], [-1], [-1]])
+    value = normalized_hsic(features, labels)
+    assert value.item() == 0.0
+    value.backward()
+    assert features.grad is not None
+
+
+def test_hsic_gradient_is_finite_with_duplicate_rows():
+    labels, noise = _labelled(16)
+    features = torch.cat([noise[:8], noise[:8]]).requires_grad_()  # zero distances off the diagonal
+    normalized_hsic(features, labels).backward()
+    assert torch.isfinite(features.grad).all()
+
+
+def test_total_loss_adds_the_weighted_hsic_term():
+    one = torch.tensor(1.0)
+    weights = LossWeights(lc=2.0, task=3.0, privacy=4.0, hsic=5.0)
+    assert total_loss(one, one, one, weights, l_hsic=torch.tensor(0.5)).item() == pytest.approx(2 + 3 - 4 + 2.5)
+    assert total_loss(one, one, one, weights).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="hsic"):
+        LossWeights(hsic=-1.0)

@@ -66,7 +66,8 @@ def _config_data(cache, **changes) -> dict:
         "cache": str(cache.path),
         "seed": 0,
         "adapter": {"kind": "attention", "layers": 1, "heads": heads, "ffn_mult": 2.0},
-        "optim": {"epochs": 2, "batch_size": BATCH, "head_pretrain_epochs": 2},
+        # min_steps 0: these trials run exactly their epochs (the budget has its own tests).
+        "optim": {"epochs": 2, "min_steps": 0, "batch_size": BATCH, "head_pretrain_epochs": 2},
         # One protocol and the same settings everywhere: the raw baseline is computed once.
         "eval": {"protocols": ["static"], "primary_protocol": "static", "attacker_epochs": 5, "probe_epochs": 5},
     }
@@ -110,7 +111,8 @@ def test_completed_trial_writes_its_files(adversarial_trial, small_cache):
     assert not [n for n in names if n.endswith(".tmp")]
 
     trial = json.loads((out / TRIAL_FILE).read_text())
-    assert trial == json.loads(json.dumps(config.resolved()))
+    assert trial == json.loads(json.dumps(config.resolved(_steps_per_epoch(small_cache))))
+    assert trial["optim"]["budget"]["epochs"] == config.optim.epochs  # min_steps 0: as configured
     assert trial["optim"]["effective_lr"] == pytest.approx(1e-3)
     assert trial["loss"]["privacy_objective"] == "adversarial"
     assert Path(trial["cache"]) == small_cache.path
@@ -205,13 +207,12 @@ def test_save_adapter_false_writes_no_checkpoint(small_cache, tmp_path, monkeypa
 def test_identity_sanity_matches_the_raw_baseline(small_cache, tmp_path):
     """Only L_LC at a tiny lr: the adapter stays the identity, so the fresh attackers and probes
     (same seed) see the raw features and must reproduce the raw baseline."""
-    config = _config(small_cache, loss={"w_privacy": 0, "w_task": 0}, optim={"epochs": 1})
-    assert config.optim.effective_lr == pytest.approx(1e-4 * BATCH / 512)
+    config = _config(small_cache, loss={"w_privacy": 0, "w_task": 0}, optim={"epochs": 1, "lr": 1e-6})
     result = run_trial(config, tmp_path)
     assert result["status"] == "completed", result["reason"]
     (line,) = read_metrics(tmp_path / METRICS_FILE)
     assert line["l_lc"] < 1e-10
-    assert line["lr"] == pytest.approx(1e-4 * BATCH / 512)
+    assert line["lr"] == pytest.approx(1e-6)
     assert result["utility"] == pytest.approx(result["raw_utility"], abs=0.05)
     assert result["leakage"] == pytest.approx(result["raw_leakage"], abs=0.02)
     assert result["leakage_reduction"] == pytest.approx(0.0, abs=0.03)
@@ -572,3 +573,102 @@ def test_deepspeed_zero2_trial_on_cpu(small_cache, tmp_path):
     assert result["runtime"]["processes"] == 1
     assert len(read_metrics(out / METRICS_FILE)) == 1
     assert load_checkpoint(out / ADAPTER_FILE).adapter.dim == small_cache.dim
+
+
+# ---------------------------------------------------------------- the step budget and the privacy objectives
+
+
+def test_min_steps_raises_the_epochs_and_trial_json_records_the_budget(small_cache, tmp_path, monkeypatch):
+    import aam_search.trainer.train as train_module
+
+    monkeypatch.setattr(train_module.AAMRecipe, "evaluate", lambda self: {"stub": True})
+    steps = _steps_per_epoch(small_cache)
+    config = _config(small_cache, optim={"epochs": 1, "min_steps": 3 * steps + 1, "head_pretrain_epochs": 0})
+    result = run_trial(config, tmp_path)
+    assert result["status"] == "completed", result["reason"]
+    lines = read_metrics(tmp_path / METRICS_FILE)
+    assert len(lines) == result["epochs_done"] == 4  # ceil((3 * steps + 1) / steps)
+    budget = json.loads((tmp_path / TRIAL_FILE).read_text())["optim"]["budget"]
+    assert budget == {"steps_per_epoch": steps, "epochs": 4, "total_steps": 4 * steps,
+                      "warmup_steps": int(0.05 * 4 * steps)}
+    # Warm-up then cosine over the whole raised budget: the last epoch ends near zero.
+    assert lines[-1]["lr"] < lines[0]["lr"] or steps * 4 <= 2
+
+
+def test_hsic_term_is_logged_and_enters_the_total(small_cache, tmp_path, monkeypatch):
+    import aam_search.trainer.train as train_module
+
+    monkeypatch.setattr(train_module.AAMRecipe, "evaluate", lambda self: {"stub": True})
+    config = _config(small_cache, loss={"w_hsic": 5.0, "hsic_condition": "action"},
+                     optim={"lr": 1e-3, "head_pretrain_epochs": 0})
+    assert run_trial(config, tmp_path)["status"] == "completed"
+    for line in read_metrics(tmp_path / METRICS_FILE):
+        assert {"l_hsic", "l_hsic/clip", "l_hsic/static"} <= set(line)
+        assert 0 <= line["l_hsic/clip"] <= 1 and 0 <= line["l_hsic/static"] <= 1
+        assert line["l_hsic"] == pytest.approx((line["l_hsic/clip"] + line["l_hsic/static"]) / 2, rel=1e-5)
+        expected = 100 * line["l_lc"] + line["l_task"] - line["l_privacy"] + 5.0 * line["l_hsic"]
+        assert line["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+def test_hsic_off_adds_no_term(small_cache):
+    objective = _objective(projector=False)
+    out = objective(*_inputs(), attrs=torch.ones(6, 2))
+    assert "l_hsic" not in out
+
+
+def test_hsic_gradient_reaches_the_adapter():
+    torch.manual_seed(0)
+    objective = _objective(projector=False)
+    objective.weights = LossWeights(lc=0.0, task=0.0, privacy=0.0, hsic=1.0)
+    attrs = torch.tensor([[0, 1], [1, 0], [1, 1], [0, 0], [1, -1], [-1, -1]])
+    out = objective(*_inputs(), attrs=attrs)
+    out["loss"].backward()
+    assert out["loss"] > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.adapter.parameters())
+
+
+@pytest.fixture(scope="module")
+def eraser_trial(small_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eraser-trial")
+    config = _config(small_cache, loss={"eraser": True, "w_hsic": 1.0}, optim={"lr": 1e-3})
+    return config, out, run_trial(config, out)
+
+
+def test_eraser_trial_stores_the_eraser_and_measures_what_users_get(eraser_trial, small_cache):
+    from aam_search.trainer.baseline import evaluate_features
+
+    config, out, result = eraser_trial
+    assert result["status"] == "completed", result["reason"]
+    assert result["eraser"]["method"] == "leace" and result["eraser"]["attrs"] == small_cache.meta["attr_names"]
+    loaded = load_checkpoint(out / ADAPTER_FILE)
+    assert loaded.eraser is not None and loaded.info["eraser"]["rank"] == loaded.eraser.rank >= 1
+    assert loaded.aam is not None and loaded.aam.config == config.adapter
+    tokens = small_cache.clip_features[:5].float()
+    with torch.no_grad():
+        assert torch.allclose(loaded.adapter(tokens), loaded.eraser(loaded.aam(tokens)))
+        assert not torch.allclose(loaded.adapter(tokens), loaded.aam(tokens), atol=1e-4)
+    # The trial's numbers are those of the stored adapter-plus-eraser.
+    again = evaluate_features(small_cache, lambda t: loaded.adapter(t), config.eval, seed=config.seed)
+    assert again["privacy"]["static"]["cmap"] == pytest.approx(result["measured"]["privacy"]["static"]["cmap"],
+                                                               abs=1e-6)
+    assert again["tasks"]["action"]["top1"] == pytest.approx(result["utility"], abs=1e-6)
+
+
+def test_eraser_leaves_no_linear_trace_of_the_attributes_on_train(eraser_trial, small_cache):
+    """LEACE's guarantee, on the train rows it was fitted on: zero covariance with every label."""
+    import numpy as np
+
+    _, out, _ = eraser_trial
+    loaded = load_checkpoint(out / ADAPTER_FILE)
+    videos = small_cache.video_indices("train", with_attrs=True)
+    rows = torch.from_numpy(np.isin(small_cache.static_video.numpy(), videos)).nonzero().squeeze(1)
+    with torch.no_grad():
+        pooled = loaded.adapter(small_cache.static_features[rows].float()).mean(1).double()
+        raw = loaded.aam(small_cache.static_features[rows].float()).mean(1).double()
+    labels = small_cache.labels("attrs")[small_cache.static_video[rows]].double()
+    for j in range(labels.shape[1]):
+        known = labels[:, j] >= 0
+        z = labels[known, j] - labels[known, j].mean()
+        before = ((raw[known] - raw[known].mean(0)).T @ z).abs().max()
+        after = ((pooled[known] - pooled[known].mean(0)).T @ z).abs().max()
+        assert after < 1e-4 * max(1.0, float(before))

@@ -40,6 +40,7 @@ from aam_search.search.study import (
 from aam_search.spaces import SearchSpace, merge_overrides, resolve_space
 from aam_search.trainer.baseline import raw_baseline
 from aam_search.trainer.config import TrialConfig, parse_trial_config
+from aam_search.trainer.label_needs import activates, check_attr_labels, objectives_needing_labels
 from aam_search.trainer.reporter import finite_number
 
 CONFIG_ATTR = "aam:config"
@@ -80,6 +81,7 @@ class Orchestrator:
         self.cache.verify()  # once per study, before the first trial: content hashes of the cache
         self.space: SearchSpace = resolve_space(config.space)
         self.base_trial = self._trial_config({}).model_dump(mode="json")  # validates config.trial
+        self._check_label_needs()
         baseline = raw_baseline(self.cache, TrialConfig.model_validate(self.base_trial).eval, seed=self.base_trial["seed"])
         self.baseline, self.chance = self._baseline_values(baseline)
         self.reference = reference_point(config.objectives, self.baseline)
@@ -96,6 +98,17 @@ class Orchestrator:
         self.devices = DevicePool(gpus=gpus, gpus_per_trial=config.gpus_per_trial,
                                   max_parallel=config.max_parallel, base_port=config.base_port)
         self._emit("prepared", {"cache": str(self.cache.path), "baseline": self.baseline, "gpus": gpus})
+
+    def _check_label_needs(self) -> None:
+        """Before the first trial: objectives the trial config or the space can turn on that
+        need attr: labels must find them in the cache's train split."""
+        needed = objectives_needing_labels(TrialConfig.model_validate(self.base_trial))
+        for path, spec in self.space.params.items():
+            values = {"float": [spec.high], "int": [spec.high], "categorical": spec.choices,
+                      "fixed": [spec.value]}.get(spec.type) or []
+            if any(activates(path, value) for value in values):
+                needed.append(path)
+        check_attr_labels(needed, self.cache, f"study {self.config.name!r} (space {self.space.name!r})")
 
     def _feature_cache(self) -> FeatureCache:
         data = self.config.data

@@ -23,6 +23,7 @@ class Batch:
     static_b: torch.Tensor  # [B, L, D] static clip at another time of the same video
     pair_mask: torch.Tensor  # [B] bool: the video has two distinct static clips
     targets: dict[str, torch.Tensor]  # task name -> [B] class index, -1 = unlabelled
+    attrs: torch.Tensor | None = None  # [B, A] 0/1 attr: labels, -1 = unlabelled (train split only)
 
     def to(self, device: torch.device) -> Batch:
         return Batch(
@@ -31,6 +32,7 @@ class Batch:
             self.static_b.to(device),
             self.pair_mask.to(device),
             {name: target.to(device) for name, target in self.targets.items()},
+            None if self.attrs is None else self.attrs.to(device),
         )
 
     def __len__(self) -> int:
@@ -125,4 +127,5 @@ class TrainingData:
             static_b=cache.static_features[torch.tensor(static_b)].float(),
             pair_mask=torch.from_numpy(self.has_pair[videos]),
             targets=video_targets(cache, videos),
+            attrs=cache.labels("attrs")[torch.from_numpy(videos)],
         )

@@ -1,10 +1,12 @@
-"""The AAM's three losses and how they combine.
+"""The AAM's losses and how they combine.
 
-``L = w_LC * L_LC + w_T * L_T - w_B * L_B``: latent consistency keeps f_A near the
-encoder's manifold, task co-training keeps utility, and the SimCLR NT-Xent between two
-static clips of the same video (L_B) is MAXIMISED so appearance no longer identifies a
+``L = w_LC * L_LC + w_T * L_T - w_B * L_B + w_H * L_HSIC``: latent consistency keeps f_A
+near the encoder's manifold, task co-training keeps utility, and the SimCLR NT-Xent between
+two static clips of the same video (L_B) is MAXIMISED so appearance no longer identifies a
 video. The adversarial variant (SPAct / TeD-SPAD style) instead lets a projector minimise
 L_B while the adapter maximises it; ``privacy_views`` serves both sides of that game.
+L_HSIC (beyond the paper) is a non-adversarial dependence penalty between adapted features
+and the ``attr:`` labels: nothing to fool, so nothing a fresh attacker can see through.
 """
 
 from __future__ import annotations
@@ -84,23 +86,83 @@ def task_loss(
     return total, per_task
 
 
+def _residualise(labels: Tensor, groups: Tensor, num_groups: int | None) -> Tensor:
+    """Subtract each group's mean (rows with group -1 keep theirs); a group of one row
+    becomes 0, since within it the labels do not vary."""
+    known = groups >= 0
+    if num_groups is None:
+        num_groups = int(groups.max().clamp_min(0)) + 1
+    onehot = F.one_hot(groups.clamp_min(0).long(), num_groups).to(labels.dtype)
+    onehot = onehot * known.unsqueeze(1).to(labels.dtype)
+    means = (onehot.T @ labels) / onehot.sum(0).clamp_min(1).unsqueeze(1)
+    return labels - onehot @ means
+
+
+def normalized_hsic(
+    features: Tensor, labels: Tensor, groups: Tensor | None = None, num_groups: int | None = None
+) -> Tensor:
+    """Normalised HSIC (kernel alignment, in [0, 1]) between features ``[N, P]`` and labels.
+
+    RBF kernel on the features, bandwidth by the median heuristic (the median pairwise
+    squared distance, held constant for the gradient); linear kernel on the labels
+    ``[N, A]`` (0/1, -1 = unknown). Rows with no known label contribute nothing; an unknown
+    entry of a labelled row is set to its attribute's mean, so it adds nothing to that
+    attribute's kernel. With ``groups`` (e.g. the action, -1 = unknown) the labels are first
+    centred within each group: the penalty then targets what the attributes carry beyond
+    the group (``num_groups`` saves a device sync). Computed in float32 whatever the
+    autocast. Fewer than 4 labelled rows: 0.
+    """
+    if features.dim() != 2 or labels.dim() != 2 or len(features) != len(labels):
+        raise ValueError(f"normalized_hsic needs features [N, P] and labels [N, A], got "
+                         f"{tuple(features.shape)} and {tuple(labels.shape)}")
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        known = labels >= 0
+        rows = known.any(dim=1)
+        x = features.float()[rows]
+        if len(x) < 4:
+            return features.sum() * 0.0
+        mask = known[rows].float()
+        y = labels[rows].float() * mask
+        mean = y.sum(0) / mask.sum(0).clamp_min(1)
+        y = y + (1 - mask) * mean
+        if groups is not None:
+            y = _residualise(y, groups[rows], num_groups)
+        y = y - y.mean(0)
+        gram_y = y @ y.T
+        squared = x.pow(2).sum(1)
+        dist = (squared[:, None] + squared[None, :] - 2 * x @ x.T).clamp_min(0)
+        off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+        bandwidth = dist.detach()[off].median().clamp_min(1e-12)
+        kernel = torch.exp(-dist / (2 * bandwidth))
+        kernel = kernel - kernel.mean(0, keepdim=True)
+        kernel = kernel - kernel.mean(1, keepdim=True)  # H K H
+        cross = (kernel * gram_y).sum()
+        scale = torch.sqrt((kernel * kernel).sum() * (gram_y * gram_y).sum())
+        return cross / scale.clamp_min(1e-12)
+
+
 @dataclass(frozen=True)
 class LossWeights:
-    """Paper defaults: w_LC = 100, w_T = 1, w_B = 1."""
+    """Paper defaults: w_LC = 100, w_T = 1, w_B = 1; the HSIC penalty is off by default."""
 
     lc: float = 100.0
     task: float = 1.0
     privacy: float = 1.0
+    hsic: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("lc", "task", "privacy"):
+        for name in ("lc", "task", "privacy", "hsic"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss weight {name} must be >= 0, got {getattr(self, name)}")
 
 
-def total_loss(l_lc: Tensor, l_task: Tensor, l_privacy: Tensor, weights: LossWeights) -> Tensor:
-    """``w_LC * L_LC + w_T * L_T - w_B * L_B``: minus because the adapter MAXIMISES L_B."""
-    return weights.lc * l_lc + weights.task * l_task - weights.privacy * l_privacy
+def total_loss(
+    l_lc: Tensor, l_task: Tensor, l_privacy: Tensor, weights: LossWeights, l_hsic: Tensor | None = None
+) -> Tensor:
+    """``w_LC * L_LC + w_T * L_T - w_B * L_B + w_H * L_HSIC``: minus because the adapter
+    MAXIMISES L_B; plus because it MINIMISES the dependence on the attributes."""
+    total = weights.lc * l_lc + weights.task * l_task - weights.privacy * l_privacy
+    return total if l_hsic is None else total + weights.hsic * l_hsic
 
 
 def privacy_views(
@@ -134,6 +196,7 @@ __all__ = [
     "UNLABELLED",
     "LossWeights",
     "latent_consistency",
+    "normalized_hsic",
     "nt_xent",
     "privacy_views",
     "task_loss",

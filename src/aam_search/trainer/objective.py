@@ -1,6 +1,7 @@
 """One module that computes the AAM objective, so DDP and DeepSpeed wrap a single model.
 
-``phase="adapter"``: w_LC * L_LC + w_T * L_T - w_B * L_B, stepping the adapter and heads.
+``phase="adapter"``: w_LC * L_LC + w_T * L_T - w_B * L_B (+ w_H * L_HSIC on the clip and
+the static-clip features, when weighted), stepping the adapter and heads.
 ``phase="projector"`` (adversarial objective only): the privacy projector minimises the
 same NT-Xent on detached adapter outputs. The training loop alternates the two phases.
 """
@@ -11,7 +12,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from aam_search.trainer.losses import LossWeights, latent_consistency, nt_xent, task_loss, total_loss
+from aam_search.trainer.losses import (
+    LossWeights,
+    latent_consistency,
+    normalized_hsic,
+    nt_xent,
+    task_loss,
+    total_loss,
+)
 from aam_search.trainer.model import AnonymizingAdapter, PrivacyProjector, TaskHeads, mean_pool
 
 
@@ -24,11 +32,17 @@ class AAMObjective(nn.Module):
         weights: LossWeights,
         temperature: float,
         task_weights: dict[str, float] | None = None,
+        hsic_condition: str = "none",
     ):
         super().__init__()
         self.adapter, self.heads, self.projector = adapter, heads, projector
         self.weights, self.temperature = weights, temperature
         self.task_weights = task_weights or {}
+        if hsic_condition not in ("none", "action"):
+            raise ValueError(f"hsic_condition must be 'none' or 'action', got {hsic_condition!r}")
+        if hsic_condition == "action" and "action" not in heads.num_classes:
+            raise ValueError("hsic_condition 'action' needs action labels, and this cache has none")
+        self.hsic_condition = hsic_condition
 
     def forward(
         self,
@@ -38,6 +52,7 @@ class AAMObjective(nn.Module):
         pair_mask: Tensor,
         targets: dict[str, Tensor],
         phase: str = "adapter",
+        attrs: Tensor | None = None,
     ) -> dict[str, Tensor]:
         pairs = int(pair_mask.sum())
         if phase == "projector":
@@ -59,10 +74,25 @@ class AAMObjective(nn.Module):
             l_privacy = nt_xent(view_a, view_b, self.temperature)
         else:  # too few pairs for negatives: no privacy signal this step
             l_privacy = adapted.sum() * 0.0
-        loss = total_loss(l_lc, l_task, l_privacy, self.weights)
-        out = {"loss": loss, "l_lc": l_lc, "l_task": l_task, "l_privacy": l_privacy}
+        hsic = self._hsic(adapted, batch, attrs, targets) if self.weights.hsic > 0 else {}
+        loss = total_loss(l_lc, l_task, l_privacy, self.weights, hsic.get("l_hsic"))
+        out = {"loss": loss, "l_lc": l_lc, "l_task": l_task, "l_privacy": l_privacy, **hsic}
         out.update({f"l_task/{name}": value for name, value in per_task.items()})
         return out
+
+    def _hsic(self, adapted: Tensor, batch: int, attrs: Tensor | None, targets: dict[str, Tensor]
+              ) -> dict[str, Tensor]:
+        """Mean of the normalised HSIC on pooled clip features and on both static views."""
+        if attrs is None:
+            raise ValueError("the HSIC penalty needs the batch's attr: labels")
+        groups = num_groups = None
+        if self.hsic_condition == "action":
+            groups, num_groups = targets["action"], self.heads.num_classes["action"]
+        pooled = mean_pool(adapted)
+        clip = normalized_hsic(pooled[:batch], attrs, groups, num_groups)
+        both = lambda t: None if t is None else torch.cat([t, t])  # noqa: E731
+        static = normalized_hsic(pooled[batch:], both(attrs), both(groups), num_groups)
+        return {"l_hsic": (clip + static) / 2, "l_hsic/clip": clip, "l_hsic/static": static}
 
     def _projector_phase(self, static_a: Tensor, static_b: Tensor) -> dict[str, Tensor]:
         if self.projector is None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from aam_search.features.cache import FeatureCache
@@ -23,7 +24,10 @@ from aam_search.trainer.baseline import evaluate_features, raw_baseline, summari
 from aam_search.trainer.checkpoint import save_checkpoint
 from aam_search.trainer.config import TrialConfig
 from aam_search.trainer.data import TrainingData, task_num_classes
+from aam_search.trainer.eraser import LinearEraser, fit_eraser
+from aam_search.trainer.feature_eval import Transform, pooled
 from aam_search.trainer.heads import cotrained_accuracy, pretrain_heads
+from aam_search.trainer.label_needs import check_attr_labels, objectives_needing_labels
 from aam_search.trainer.losses import LossWeights
 from aam_search.trainer.model import PrivacyProjector, TaskHeads, build_adapter, count_parameters
 from aam_search.trainer.objective import AAMObjective
@@ -83,6 +87,22 @@ def _single_process_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def fit_train_eraser(cache: FeatureCache, transform: Transform) -> LinearEraser:
+    """LEACE on the train split's adapted, pooled features of both protocols: static clips
+    (image rows included) and moving clips; rows without attr: labels are left out."""
+    videos = cache.video_indices("train", with_attrs=True)
+    is_image = cache.labels("is_image").numpy().astype(bool)
+    attrs = cache.labels("attrs")
+    views = {}
+    for name, features, owner, members in (
+        ("static", cache.static_features, cache.static_video, videos),
+        ("clip", cache.clip_features, cache.clip_video, videos[~is_image[videos]]),
+    ):
+        rows = torch.from_numpy(np.isin(owner.numpy(), members)).nonzero().squeeze(1)
+        views[name] = (pooled(features[rows], transform), attrs[owner[rows]])
+    return fit_eraser(views, list(cache.meta["attr_names"]))
+
+
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
     """Linear warm-up, then cosine decay to zero."""
     if warmup_steps and step < warmup_steps:
@@ -98,6 +118,7 @@ class AAMRecipe:
         self.stop_signal: str | None = None
         self.timings: dict[str, float] = {}
         self.epochs_done = 0
+        self.eraser: LinearEraser | None = None
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -110,7 +131,12 @@ class AAMRecipe:
         self.reporter.trial(config.resolved())
         set_seed(config.seed)
         self.cache = FeatureCache.open(config.cache)
+        check_attr_labels(objectives_needing_labels(config), self.cache)
         self.data = TrainingData(self.cache)
+        self.budget = config.optim.budget(
+            self.data.batches_per_epoch(config.optim.batch_size, self.accelerator.num_processes))
+        # Again, now with the step budget the train set's size resolves to.
+        self.reporter.trial(config.resolved(self.budget.steps_per_epoch))
         dim = self.cache.dim
         self.adapter = build_adapter(dim, config.adapter)
         self.heads = TaskHeads(dim, task_num_classes(self.cache))
@@ -127,8 +153,8 @@ class AAMRecipe:
         loss = config.loss
         self.objective = AAMObjective(
             self.adapter, self.heads, projector,
-            LossWeights(lc=loss.w_lc, task=loss.w_task, privacy=loss.w_privacy),
-            loss.temperature, loss.task_weights,
+            LossWeights(lc=loss.w_lc, task=loss.w_task, privacy=loss.w_privacy, hsic=loss.w_hsic),
+            loss.temperature, loss.task_weights, hsic_condition=loss.hsic_condition,
         )
         groups = [{"params": [*self.adapter.parameters(), *self.heads.parameters()], "name": "adapter"}]
         if projector is not None:
@@ -143,14 +169,13 @@ class AAMRecipe:
     def train(self) -> None:
         config, accelerator = self.config, self.accelerator
         optim = config.optim
-        steps_per_epoch = self.data.batches_per_epoch(optim.batch_size, accelerator.num_processes)
-        total_steps = steps_per_epoch * optim.epochs
-        warmup_steps = int(optim.warmup_epochs * steps_per_epoch)
+        budget = self.budget
+        steps_per_epoch = budget.steps_per_epoch
         adversarial = config.loss.privacy_objective == "adversarial"
         phases = ("projector", "adapter") if adversarial else ("adapter",)
         step = 0
         train_started = time.perf_counter()
-        for epoch in range(optim.epochs):
+        for epoch in range(budget.epochs):
             epoch_started = time.perf_counter()
             sums: dict[str, float] = {}
             samples = 0
@@ -159,7 +184,7 @@ class AAMRecipe:
                                            rank=accelerator.process_index,
                                            world_size=accelerator.num_processes):
                 batch = batch.to(accelerator.device)
-                lr = lr_at(step, total_steps, warmup_steps, optim.effective_lr)
+                lr = lr_at(step, budget.total_steps, budget.warmup_steps, optim.effective_lr)
                 for phase in phases:
                     losses = self._step(batch, phase, lr)
                     for name, value in losses.items():
@@ -181,7 +206,8 @@ class AAMRecipe:
             # Alternating min-max: only the phase's own parameter group moves.
             active = group.get("name", "adapter") == phase
             group["lr"] = lr if active else 0.0
-        out = self.model(batch.clips, batch.static_a, batch.static_b, batch.pair_mask, batch.targets, phase=phase)
+        out = self.model(batch.clips, batch.static_a, batch.static_b, batch.pair_mask, batch.targets,
+                         phase=phase, attrs=batch.attrs)
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(out["loss"])
         if self.config.optim.grad_clip and self.accelerator.distributed_type.value != "DEEPSPEED":
@@ -216,10 +242,22 @@ class AAMRecipe:
         adapter = self.accelerator.unwrap_model(self.model).adapter.eval()
         device = self.accelerator.device
 
-        def transform(tokens: torch.Tensor) -> torch.Tensor:
+        def adapted(tokens: torch.Tensor) -> torch.Tensor:
             with torch.no_grad(), self.accelerator.autocast():
                 return adapter(tokens.to(device)).float()
 
+        transform = adapted
+        extra: dict[str, Any] = {}
+        if config.loss.eraser:  # measured as users get it: the adapter, then the eraser
+            started_fit = time.perf_counter()
+            self.eraser = fit_train_eraser(self.cache, adapted).to(device)
+            eraser = self.eraser
+
+            def transform(tokens: torch.Tensor) -> torch.Tensor:
+                return eraser(adapted(tokens))
+
+            extra["eraser"] = eraser.info
+            self.timings["eraser_fit_s"] = time.perf_counter() - started_fit
         measured = evaluate_features(self.cache, transform, config.eval, seed=config.seed)
         baseline = raw_baseline(self.cache, config.eval, seed=config.seed)
         heads = self.accelerator.unwrap_model(self.model).heads.eval()
@@ -231,6 +269,7 @@ class AAMRecipe:
             "baseline": {"tasks": baseline["tasks"], "privacy": baseline["privacy"]},
             "adapter_parameters": count_parameters(adapter),
             "runtime": self._runtime(),
+            **extra,
         }
 
     def _runtime(self) -> dict[str, Any]:
@@ -253,6 +292,7 @@ class AAMRecipe:
             unwrapped.heads,
             {"cache_key": self.cache.meta["key"], "action_classes": self.cache.meta["action_classes"],
              "encoder": self.cache.meta["encoder"]},
+            eraser=self.eraser,
         )
 
     # ------------------------------------------------------------------ run
