@@ -110,7 +110,9 @@ class StudyConfig(BaseModel):
 
     @property
     def trials_dir(self) -> Path:
-        return self.workdir / "trials"
+        """This study's trial folders: keyed by study, so studies sharing a workdir never
+        overwrite each other's (``name``'s pattern keeps it one safe path component)."""
+        return self.workdir / "trials" / self.name
 
 
 def parse_study_config(data: dict[str, Any], source: str = "study config") -> StudyConfig:
