@@ -275,7 +275,8 @@ class Orchestrator:
             # Failed meanwhile as stale by another worker: keep what this run measured.
             original = self.study._storage.get_trial(trial._trial_id)
             told, where = keep_result(self.study, original, verdict)
-            self._emit("failed", {"number": trial.number, "retried": told is None and rerun_queued(self.study, original),
+            retried = told is None and rerun_queued(self.study, original)
+            self._emit("failed", {"number": trial.number, "retried": retried,
                                   "reason": f"failed meanwhile by another worker ({STALE_REASON}); "
                                             f"its completed result was {where}"})
             if told is not None:
