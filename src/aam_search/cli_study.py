@@ -74,9 +74,17 @@ def _run(orchestrator) -> int:
     trials = orchestrator.study.get_trials(deepcopy=False)
     console.print(front_table(trials, orchestrator.config.objectives, title=f"Pareto front of {orchestrator.config.name}"))
     console.print(f"{outcome.completed} completed, {outcome.failed} failed, hypervolume {outcome.hypervolume:.4f}")
+    if outcome.stopped:
+        console.print(f"[bold red]study stopped:[/] {outcome.stopped}; no trial was spent on it: fix it and "
+                      "run the same command again to resume", soft_wrap=True, highlight=False)
+        return 1
     if outcome.interrupted:
         console.print("[yellow]stopped; run the same command again to resume[/]")
         return 130
+    if not outcome.completed and outcome.failed:
+        console.print(f"[bold red]every trial failed ({outcome.failed}):[/] see `aam-search status "
+                      f"{orchestrator.config.name}` for the reasons", soft_wrap=True, highlight=False)
+        return 1
     return 0
 
 
@@ -110,6 +118,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _trial_rows(study, objectives: list[str], only_front: bool) -> list[dict[str, Any]]:
+    from optuna.trial import TrialState
+
+    from aam_search.search.heartbeat import failure_reason
     from aam_search.search.pareto import pareto_front
     from aam_search.search.study import counted
 
@@ -123,6 +134,8 @@ def _trial_rows(study, objectives: list[str], only_front: bool) -> list[dict[str
         row.update(dict(zip(objectives, trial.values or [None] * len(objectives), strict=True)))
         for key in ("leakage_reduction", "utility_drop", "combined_score", "aam:reason"):
             row[key.removeprefix("aam:")] = trial.user_attrs.get(key)
+        if trial.state == TrialState.FAIL:
+            row["reason"] = failure_reason(trial)
         row.update({f"param:{k}": v for k, v in trial.params.items()})
         rows.append(row)
     return rows
@@ -154,6 +167,7 @@ def cmd_front(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
+    from aam_search.search.heartbeat import failure_reason
     from aam_search.search.orchestrator import CONFIG_ATTR, HYPERVOLUME_ATTR
     from aam_search.search.study import counted, load_existing_study
 
@@ -171,7 +185,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{history[-1][1] if history else 0.0:.4f} after {history[-1][0] if history else 0} completed")
     for trial in trials:
         if trial.state == TrialState.FAIL:
-            console.print(f"  trial {trial.number} failed: {trial.user_attrs.get('aam:reason', '?')}", soft_wrap=True)
+            console.print(f"  trial {trial.number} failed: {failure_reason(trial)}", soft_wrap=True)
     return 0
 
 

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from aam_search.cli import main
 from aam_search.search import backend
+from aam_search.search.heartbeat import STALE_REASON
 from aam_search.search.orchestrator import Orchestrator
 from aam_search.search.study import ATTEMPT, REASON, SLOT, slot_of
 from tests.search.conftest import LONG_TRIAL, complete, processes_under, run_study
@@ -217,6 +218,8 @@ def test_a_trial_left_by_a_dead_worker_is_failed_and_run_again(make_study, monke
     running.log.close()
 
     alive = Orchestrator(make_study(workdir=tmp_path / "alive", **common), view=None)
+    seen = []
+    alive.hooks.append(lambda event, payload: seen.append((event, payload)))
     guard = threading.Timer(45, lambda: setattr(alive, "stopping", "test timeout"))
     guard.start()
     try:
@@ -228,3 +231,6 @@ def test_a_trial_left_by_a_dead_worker_is_failed_and_run_again(make_study, monke
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].user_attrs[SLOT] == 0
     assert trials[1].user_attrs["out_dir"].startswith(str(tmp_path / "alive"))
+    # The user is told which trial went stale and why (Optuna records no reason of its own).
+    assert [(e, p["number"], p["reason"], p["retried"]) for e, p in seen if e == "stale"] == [
+        ("stale", 0, STALE_REASON, True)]

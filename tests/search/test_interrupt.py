@@ -80,5 +80,6 @@ def test_interrupt_stops_trials_and_a_new_start_completes_the_budget(sig, write_
     by_slot = {slot_of(t): t for t in stopped}
     for trial in done:
         assert trial.params == by_slot[slot_of(trial)].params
-    results = [json.loads(p.read_text())["status"] for p in (tmp_path / "work" / "trials").glob("*/result.json")]
+    folders = (tmp_path / "work" / "trials" / "stopme").glob("*/result.json")
+    results = [json.loads(p.read_text())["status"] for p in folders]
     assert sorted(results) == ["completed", "completed", "terminated", "terminated"]

@@ -11,6 +11,7 @@ from optuna.trial import TrialState, create_trial
 from safetensors.torch import load_file, save_file
 
 import aam_search
+from aam_search.search.orchestrator import trial_out_dir
 from aam_search.search.study import StudyNotFound
 from aam_search.tracking.errors import PromotionError
 from aam_search.tracking.promote import choose_trial, promote
@@ -28,7 +29,7 @@ def versions(tracked) -> list[str]:
 
 
 def trial_adapter(tracked, number: int):
-    return load_checkpoint(tracked.config.workdir / "trials" / f"trial-{number:04d}" / "adapter.safetensors").adapter
+    return load_checkpoint(trial_out_dir(tracked.config, number) / "adapter.safetensors").adapter
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_load_adapter_gives_the_trials_adapter(tracked, promoted):
     with torch.no_grad():
         assert torch.equal(adapter(features), reference(features))
     # a local checkpoint works the same way
-    local = aam_search.load_adapter(tracked.config.workdir / "trials" / f"trial-{promotion.trial:04d}" / "adapter.safetensors")
+    local = aam_search.load_adapter(trial_out_dir(tracked.config, promotion.trial) / "adapter.safetensors")
     with torch.no_grad():
         assert torch.equal(local(features), reference(features))
 

@@ -228,11 +228,15 @@ def start_trial(number: int, config: dict[str, Any], out_dir: Path, slot: Slot, 
         env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU slot must not grab a GPU
     log = open(out_dir / LOG_FILE, "ab")
     command = trial_command(config_path, out_dir, slot, deepspeed=bool(config.get("deepspeed")))
-    log.write(f"$ {' '.join(command)}\n".encode())
-    log.flush()
-    process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-        start_new_session=True,  # its own process group: stopping it stops its ranks too
-        preexec_fn=_parent_death_signal(),  # and it dies with this process
-    )
+    try:
+        log.write(f"$ {' '.join(command)}\n".encode())
+        log.flush()
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,  # its own process group: stopping it stops its ranks too
+            preexec_fn=_parent_death_signal(),  # and it dies with this process
+        )
+    except BaseException:
+        log.close()
+        raise
     return RunningTrial(number, out_dir, process, slot, time.time(), timeout_s, log)

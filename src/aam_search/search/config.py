@@ -136,7 +136,9 @@ class StudyConfig(BaseModel):
 
     @property
     def trials_dir(self) -> Path:
-        return self.workdir / "trials"
+        """This study's trial folders: keyed by study, so studies sharing a workdir never
+        overwrite each other's (``name``'s pattern keeps it one safe path component)."""
+        return self.workdir / "trials" / self.name
 
     def record(self) -> dict[str, Any]:
         """What the study keeps of this config (``aam:config``): everything, with the storage

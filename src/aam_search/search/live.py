@@ -87,6 +87,11 @@ class StudyView:
             self.counts["failed"] += 1
             retry = " (will be re-run)" if payload["retried"] else ""
             self.log(f"[red]trial {number} failed[/]: {payload['reason']}{retry}")
+        elif event == "stale":  # another (or an earlier, dead) worker's trial that nobody beats for
+            retry = " (will be re-run)" if payload["retried"] else ""
+            self.log(f"[yellow]trial {number} failed[/]: {payload['reason']}{retry}")
+        elif event == "halted":
+            self.log(f"[bold red]stopping the study[/]: {payload['reason']}")
         if self.live is not None and hasattr(orchestrator, "study"):
             self.live.update(self._render(orchestrator))
 

@@ -24,7 +24,10 @@ from aam_search.features.config import ConfigError, ExtractConfig
 from aam_search.features.extract import extract_features
 from aam_search.search.backend import DevicePool, RunningTrial, detect_gpus, start_trial
 from aam_search.search.config import StudyConfig
+from aam_search.search.heartbeat import STALE_REASON, HeartbeatThread, fail_stale_trials, rerun_queued
+from aam_search.search.inputs import input_problem
 from aam_search.search.pareto import hypervolume, objective_value, pareto_front, reference_point
+from aam_search.search.recovery import Verdict, keep_result
 from aam_search.search.study import (
     ATTEMPT,
     REASON,
@@ -41,13 +44,17 @@ from aam_search.spaces import SearchSpace, merge_overrides, resolve_space
 from aam_search.trainer.baseline import raw_baseline
 from aam_search.trainer.config import TrialConfig, parse_trial_config
 from aam_search.trainer.label_needs import activates, check_attr_labels, objectives_needing_labels
-from aam_search.trainer.reporter import finite_number
+from aam_search.trainer.reporter import FAILURE_KIND, INPUT_FAILURE, finite_number
 
 CONFIG_ATTR = "aam:config"
 BASELINE_ATTR = "aam:baseline"
 HYPERVOLUME_ATTR = "aam:hypervolume"
 # Failures that the same parameters would reproduce: retrying them wastes the budget.
 DETERMINISTIC = ("diverged:", "failed: non-finite")
+# Reasons the orchestrator stops its own trials with: not the trials' fault, so each is
+# queued again without using up a retry ("interrupted": a signal; "stopped": a broken input).
+INTERRUPTED = "study interrupted"
+STOPPED = "study stopped"
 
 
 @dataclass
@@ -57,6 +64,7 @@ class StudyOutcome:
     interrupted: bool
     front: list[optuna.trial.FrozenTrial]
     hypervolume: float
+    stopped: str | None = None  # why the study stopped itself (a missing or broken shared input)
 
 
 class Orchestrator:
@@ -65,7 +73,8 @@ class Orchestrator:
         self.view = view
         self.worker = worker
         self.running: dict[int, tuple[RunningTrial, optuna.Trial]] = {}
-        self.stopping: str | None = None
+        self.stopping: str | None = None  # a signal's name: stop the trials, queue them again
+        self.halted: str | None = None  # a shared input is gone: stop the study with this reason
         self.hooks: list[Callable[[str, dict[str, Any]], None]] = []  # e.g. MLflow tracking
 
     # ------------------------------------------------------------------ preparation
@@ -86,6 +95,7 @@ class Orchestrator:
         self.baseline, self.chance = self._baseline_values(baseline)
         self.reference = reference_point(config.objectives, self.baseline)
         self.study = open_study(config, grid=self.space.grid(), create=not self.worker)
+        self.beats = HeartbeatThread(self.study._storage, config.heartbeat_interval_s)
         if not self.worker:
             self.study.set_user_attr(CONFIG_ATTR, config.record())  # no secrets: see StudyConfig.record
             self.study.set_user_attr(BASELINE_ATTR, self.baseline)
@@ -148,41 +158,58 @@ class Orchestrator:
 
     def run(self) -> StudyOutcome:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        storage = self.study._storage
         last_stale_check = 0.0
         status = "failed"
+        self.beats.start()  # beats never wait on this loop (nor on the hooks it calls)
         try:
             while True:
                 now = time.time()
                 if now - last_stale_check > self.config.heartbeat_interval_s:
-                    optuna.storages.fail_stale_trials(self.study)
+                    self._fail_stale_trials()
                     last_stale_check = now
-                for _, trial in self.running.values():
-                    storage.record_heartbeat(trial._trial_id)
-                if not self.stopping:
+                if not self.stopping and not self.halted:
                     self._fill_devices()
                 self._poll()
-                if self.stopping:
-                    self._stop_all(f"study interrupted ({self.stopping})")
+                if self.stopping or self.halted:
+                    self._stop_all(f"{INTERRUPTED} ({self.stopping})" if self.stopping else f"{STOPPED}: {self.halted}")
                     break
                 if not self.running and study_finished(self.study.get_trials(deepcopy=False), self.config.n_trials):
                     break
                 time.sleep(0.5)
-            status = "interrupted" if self.stopping else "finished"
+            status = "interrupted" if self.stopping else "stopped" if self.halted else "finished"
         except BaseException:
             for running, _ in self.running.values():  # never leave trials training unwatched
                 running.stop("orchestrator failed", grace_s=5.0)
             raise
         finally:
+            self.beats.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self._emit("finished", {"status": status})
+            self._emit("finished", {"status": status, "reason": self.halted})
         return self.outcome()
 
+    def _fail_stale_trials(self) -> None:
+        """Fail other workers' trials whose beats stopped (never one this process runs)."""
+        own = {trial._trial_id for _, trial in self.running.values()} | self.beats.owned()
+        for trial in fail_stale_trials(self.study, own):
+            self._emit("stale", {"number": trial.number, "reason": STALE_REASON,
+                                 "retried": rerun_queued(self.study, trial)})
+
+    def _halt(self, reason: str) -> None:
+        """Stop the study: a shared input every trial needs is missing or broken. Running
+        trials are stopped and queued again; no trial's budget is spent on it."""
+        if self.halted is None:
+            self.halted = reason
+            self._emit("halted", {"reason": reason})
+
     def _fill_devices(self) -> None:
-        while self.devices.free:
+        while self.devices.free and not self.halted:
             trials = self.study.get_trials(deepcopy=False)
             if not waiting_trials(self.study) and len(opened_slots(trials)) >= self.config.n_trials:
+                return
+            problem = input_problem(self.cache.path)  # before a trial is asked for, not after it failed
+            if problem is not None:
+                self._halt(problem)
                 return
             trial = self.study.ask()
             # Beat at once: a RUNNING trial without any heartbeat is never found stale, so
@@ -200,12 +227,22 @@ class Orchestrator:
             self._fail(trial, f"invalid trial config: {error}", retry=False)
             return
         slot = self.devices.take()
-        out_dir = trial_out_dir(self.config.workdir, trial.number)
+        out_dir = trial_out_dir(self.config, trial.number)
         trial_config["optim"].pop("effective_lr", None)  # derived; the trial derives it again
-        running = start_trial(trial.number, trial_config, out_dir, slot, self.config.trial_timeout_s)
+        try:
+            running = start_trial(trial.number, trial_config, out_dir, slot, self.config.trial_timeout_s)
+        except OSError as error:
+            # An unwritable trials folder (or a launcher that cannot start) hits every trial
+            # alike: stop the study with the reason rather than fail the whole budget.
+            self.devices.give_back(slot)
+            reason = f"cannot start a trial in {out_dir}: {error.strerror or error}"
+            self._halt(reason)
+            self._fail(trial, reason, retry=True, counts_as_attempt=False)
+            return
+        self.running[trial.number] = (running, trial)
+        self.beats.add(trial._trial_id)
         trial.set_user_attr("out_dir", str(out_dir))
         trial.set_user_attr("devices", ",".join(map(str, slot.gpus)) or "cpu")
-        self.running[trial.number] = (running, trial)
         self._emit("started", {"number": trial.number, "params": params, "out_dir": str(out_dir), "devices": slot.gpus})
 
     def _poll(self) -> None:
@@ -221,53 +258,88 @@ class Orchestrator:
                     self._finish(running, trial)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     # Another worker heard no heartbeat from us for longer than the grace
-                    # period, failed this trial and queued its re-run: drop what it measured.
-                    self._emit("failed", {"number": number, "retried": True,
-                                          "reason": "failed meanwhile by another worker (stale heartbeat)"})
+                    # period, failed this trial and queued its re-run; this run failed too.
+                    frozen = self.study._storage.get_trial(trial._trial_id)
+                    self._emit("failed", {"number": number, "retried": rerun_queued(self.study, frozen),
+                                          "reason": f"failed meanwhile by another worker ({STALE_REASON})"})
+                finally:
+                    self.beats.discard(trial._trial_id)
 
     def _finish(self, running: RunningTrial, trial: optuna.Trial) -> None:
         status, reason, result = running.outcome()
-        if status == "stopped" and reason and reason.startswith("study interrupted"):
+        if status == "stopped" and reason and reason.startswith((INTERRUPTED, STOPPED)):
             self._fail(trial, reason, retry=True, counts_as_attempt=False)
             return
         if status != "completed" or result is None:
+            if result is not None and result.get(FAILURE_KIND) == INPUT_FAILURE:
+                # The trial found the cache gone or broken: so would every other trial.
+                self._halt(f"trial {trial.number} found a shared input missing or broken: {reason}")
+                self._fail(trial, reason or status, retry=True, counts_as_attempt=False)
+                return
             self._fail(trial, reason or status, retry=not (reason or "").startswith(DETERMINISTIC))
             return
+        verdict = self._verdict(result)
+        if isinstance(verdict, str):
+            self._fail(trial, verdict, retry=False)
+            return
+        try:
+            verdict.tell(self.study, trial)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Failed meanwhile as stale by another worker: keep what this run measured.
+            original = self.study._storage.get_trial(trial._trial_id)
+            told, where = keep_result(self.study, original, verdict)
+            retried = told is None and rerun_queued(self.study, original)
+            self._emit("failed", {"number": trial.number, "retried": retried,
+                                  "reason": f"failed meanwhile by another worker ({STALE_REASON}); "
+                                            f"its completed result was {where}"})
+            if told is not None:
+                self._completed(told, verdict.values, result)
+            return
+        self._completed(trial.number, verdict.values, result)
+
+    def _verdict(self, result: dict[str, Any]) -> Verdict | str:
+        """The checked values, attributes and constraint of a completed result, or why it
+        cannot be told to Optuna."""
         try:
             values = [objective_value(name, result) for name in self.config.objectives]
         except KeyError as error:
-            self._fail(trial, str(error), retry=False)
-            return
+            return str(error)
+        constraints = {}
         if self.config.max_utility_drop is not None:
             drop = finite_number(result.get("utility_drop"))
             if drop is None:  # Optuna refuses a NaN constraint; raw utility 0 gives one
-                self._fail(trial, f"cannot check max_utility_drop: utility_drop is {result.get('utility_drop')!r} "
-                                  f"(raw utility {result.get('raw_utility')!r})", retry=False)
-                return
-            trial.set_constraint("max_utility_drop", drop - self.config.max_utility_drop)
-        for key in ("utility", "leakage", "leakage_chance", "leakage_reduction", "utility_drop", "combined_score"):
-            trial.set_user_attr(key, result.get(key))
-        trial.set_user_attr("seconds", result.get("timings", {}).get("total_s"))
-        self.study.tell(trial, values)
+                return (f"cannot check max_utility_drop: utility_drop is {result.get('utility_drop')!r} "
+                        f"(raw utility {result.get('raw_utility')!r})")
+            constraints["max_utility_drop"] = drop - self.config.max_utility_drop
+        attrs = {key: result.get(key) for key in
+                 ("utility", "leakage", "leakage_chance", "leakage_reduction", "utility_drop", "combined_score")}
+        attrs["seconds"] = result.get("timings", {}).get("total_s")
+        return Verdict(values, attrs, constraints)
+
+    def _completed(self, number: int, values: list[float], result: dict[str, Any]) -> None:
         trials = self.study.get_trials(deepcopy=False)
         done = sum(t.state == TrialState.COMPLETE for t in trials)
         volume = hypervolume(trials, self.config.objectives, self.reference)
         history = self.study.user_attrs.get(HYPERVOLUME_ATTR, [])
         self.study.set_user_attr(HYPERVOLUME_ATTR, [*history, [done, volume]])
-        self._emit("completed", {"number": trial.number, "values": values, "result": result, "hypervolume": volume})
+        self._emit("completed", {"number": number, "values": values, "result": result, "hypervolume": volume})
 
-    def _fail(self, trial: optuna.Trial, reason: str, *, retry: bool, counts_as_attempt: bool = True) -> None:
+    def _fail(self, trial: optuna.Trial, reason: str, *, retry: bool, counts_as_attempt: bool = True) -> bool:
+        """Tell Optuna the trial failed; queue a re-run when ``retry`` and retries are left.
+        Returns whether a re-run was queued (what the ``failed`` event's ``retried`` says)."""
         frozen = self.study._storage.get_trial(trial._trial_id)
         attempt = int(frozen.user_attrs.get(ATTEMPT, 0))
         trial.set_user_attr(REASON, reason[:2000])
-        if retry and (not counts_as_attempt or attempt < self.config.max_retries):
+        rerun = retry and (not counts_as_attempt or attempt < self.config.max_retries)
+        if rerun:
             self.study.enqueue_trial(
                 frozen.params,
                 user_attrs={SLOT: frozen.user_attrs.get(SLOT, trial.number),
                             ATTEMPT: attempt + (1 if counts_as_attempt else 0)},
             )
         self.study.tell(trial, state=TrialState.FAIL)
-        self._emit("failed", {"number": trial.number, "reason": reason, "retried": retry})
+        self._emit("failed", {"number": trial.number, "reason": reason, "retried": rerun})
+        return rerun
 
     def _stop_all(self, reason: str) -> None:
         for running, _ in self.running.values():
@@ -290,10 +362,11 @@ class Orchestrator:
             interrupted=self.stopping is not None,
             front=pareto_front(trials, self.config.objectives),
             hypervolume=history[-1][1] if history else 0.0,
+            stopped=self.halted,
         )
 
 
-
-
-def trial_out_dir(workdir: Path, number: int) -> Path:
-    return workdir / "trials" / f"trial-{number:04d}"
+def trial_out_dir(config: StudyConfig, number: int) -> Path:
+    """A trial's folder: ``<workdir>/trials/<study>/trial-NNNN``, so that studies sharing a
+    workdir never share a folder. (Trials recorded before keep their ``out_dir`` attr.)"""
+    return config.trials_dir / f"trial-{number:04d}"

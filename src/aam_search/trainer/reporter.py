@@ -20,6 +20,11 @@ RESULT_FILE = "result.json"
 ADAPTER_FILE = "adapter.safetensors"
 
 STATUSES = ("completed", "failed", "diverged", "terminated")
+# result.json's ``failure_kind``: None, or INPUT_FAILURE when a shared input every trial
+# reads (the feature cache) is missing or broken; the orchestrator then stops the study
+# instead of spending the budget on trials that cannot succeed.
+FAILURE_KIND = "failure_kind"
+INPUT_FAILURE = "input"
 
 
 def _clean(value: Any) -> Any:

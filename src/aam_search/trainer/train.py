@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aam_search.features.cache import FeatureCache
+from aam_search.features.cache import CacheError, FeatureCache
 from aam_search.trainer.baseline import evaluate_features, raw_baseline, summarize
 from aam_search.trainer.checkpoint import save_checkpoint
 from aam_search.trainer.config import TrialConfig
@@ -31,7 +31,7 @@ from aam_search.trainer.label_needs import check_attr_labels, objectives_needing
 from aam_search.trainer.losses import LossWeights
 from aam_search.trainer.model import PrivacyProjector, TaskHeads, build_adapter, count_parameters
 from aam_search.trainer.objective import AAMObjective
-from aam_search.trainer.reporter import ADAPTER_FILE, TrialReporter
+from aam_search.trainer.reporter import ADAPTER_FILE, FAILURE_KIND, INPUT_FAILURE, TrialReporter
 
 
 class TrialStopped(Exception):
@@ -314,15 +314,26 @@ class AAMRecipe:
             status, reason = stop.status, stop.reason
         except Exception as error:
             status, reason = "failed", f"{type(error).__name__}: {error}"
-            self._report(status, reason, metrics, started)
+            self._report(status, reason, metrics, started, failure_kind=self._failure_kind(error))
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
         return self._report(status, reason, metrics, started)
 
-    def _report(self, status: str, reason: str | None, metrics: dict, started: float) -> dict[str, Any]:
+    def _failure_kind(self, error: Exception) -> str | None:
+        """INPUT_FAILURE when the feature cache, shared by every trial, is missing or broken."""
+        if isinstance(error, CacheError):
+            return INPUT_FAILURE
+        cache = Path(self.config.cache).absolute()
+        names = [getattr(error, "filename", None), getattr(error, "filename2", None)]
+        if isinstance(error, OSError) and any(n and Path(n).absolute().is_relative_to(cache) for n in names):
+            return INPUT_FAILURE
+        return None
+
+    def _report(self, status: str, reason: str | None, metrics: dict, started: float,
+                failure_kind: str | None = None) -> dict[str, Any]:
         self.timings["total_s"] = time.perf_counter() - started
-        result = {"status": status, "reason": reason, "epochs_done": self.epochs_done,
+        result = {"status": status, "reason": reason, FAILURE_KIND: failure_kind, "epochs_done": self.epochs_done,
                   "timings": self.timings, **metrics}
         reporter = getattr(self, "reporter", None) or TrialReporter(self.out_dir)
         reporter.result(status, reason, **{k: v for k, v in result.items() if k not in ("status", "reason")})
