@@ -143,8 +143,8 @@ class Cluster:
     def start(self) -> None:
         self.write_config()
         munge = self.root / "munge"
-        self._daemon("munged", "--foreground", f"--key-file={munge / 'munge.key'}", f"--socket={munge / 'munge.socket'}",
-                     f"--pid-file={munge / 'munged.pid'}", f"--log-file={munge / 'munged.log'}",
+        self._daemon("munged", "--foreground", f"--key-file={munge / 'munge.key'}",
+                     f"--socket={munge / 'munge.socket'}", f"--pid-file={munge / 'munged.pid'}", f"--log-file={munge / 'munged.log'}",
                      f"--seed-file={munge / 'munged.seed'}")
         self._wait(lambda: (munge / "munge.socket").exists(), "munged's socket")
         self._daemon("slurmctld", "-D", "-f", str(self.conf))

@@ -113,7 +113,8 @@ def test_mlflow_ui_shows_trial_runs_and_pareto_tags(small_cache, tmp_path, reape
     reaper.append(ui)
     shots = {}
     try:
-        wait_for(lambda: answers(f"{base}/"), UI_START_S, f"the MLflow UI at {base}/", interval=0.5, process=ui, log=log)
+        wait_for(lambda: answers(f"{base}/"), UI_START_S, f"the MLflow UI at {base}/", interval=0.5, process=ui,
+                 log=log)
         addresses = listening_addresses(port)
         if addresses is not None:  # None: this platform does not list listening sockets to us; nothing to check
             assert addresses == ["127.0.0.1"], f"the UI listens on {addresses}, not on 127.0.0.1 only"
@@ -156,7 +157,8 @@ def test_mlflow_ui_shows_trial_runs_and_pareto_tags(small_cache, tmp_path, reape
             until(lambda _driver: re.search(r"#/experiments/?(\?|$)", driver.current_url), "the experiments list",
                   "mlflow-ui-failure.png")
             click(f"//a[normalize-space()='{experiment.name}']", f"the experiment {experiment.name} in the list")
-            runs_url = re.compile(rf"#/experiments/{experiment.experiment_id}/runs\?(.*&)?workflowType=machine_learning")
+            runs_url = re.compile(rf"#/experiments/{experiment.experiment_id}/runs\?"
+                                  r"(.*&)?workflowType=machine_learning")
             until(lambda _driver: runs_url.search(driver.current_url),
                   f"the runs of experiment {experiment.name} (not its GenAI overview)", "mlflow-ui-failure.png")
             parent_cell = f"//*[@role='gridcell'][.//a[normalize-space()='study-{config.name}']]"
