@@ -1,9 +1,12 @@
 """End to end: a small tracked study, then ``aam-search ui`` driven by a real browser.
 
-Debian's chromium (headless, under Selenium with Debian's chromedriver) opens the study's
-experiment in the MLflow UI, shows the ``pareto`` tag as a column of the runs table, and
-checks that every trial run is listed with the tag value the store holds; then each trial's
-run page must show the tag too. Screenshots are left in the test's temp folder. Without
+Debian's chromium (headless, under Selenium with Debian's chromedriver, a fresh profile: a
+new user) opens the MLflow UI where ``aam-search ui`` points, picks "Model training" as the
+README says, goes to the experiments list and clicks the study's experiment. That must land
+on the experiment's runs (the parent study run, its trial runs nested under it), not on the
+GenAI overview; the test shows the ``pareto`` tag as a column of the runs table and checks
+that every trial run is listed with the tag value the store holds; then each trial's run
+page must show the tag too. Screenshots are left in the test's temp folder. Without
 chromium, chromium-driver or selenium the test is skipped, except under CI (``.ci/run``
 installs them), where it fails.
 """
@@ -20,7 +23,7 @@ import urllib.request
 import psutil
 import pytest
 
-from aam_search.tracking.store import experiment_name, make_client
+from aam_search.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, experiment_name, make_client
 from tests.search.conftest import (  # noqa: F401  (reaper is a fixture)
     TINY_TRIAL,
     cli,
@@ -44,7 +47,9 @@ pytestmark = pytest.mark.slow
 
 TRIALS = 2
 WAIT_S = 60
+UI_START_S = 180  # `mlflow ui` on a busy 2-core machine can take a minute or two to answer
 MIN_PNG_BYTES = 10_000
+MODEL_TRAINING = "Model training"  # the MLflow UI's sidebar switch (the other side is "GenAI")
 
 
 def answers(url: str) -> bool:
@@ -93,7 +98,7 @@ def test_mlflow_ui_shows_trial_runs_and_pareto_tags(small_cache, tmp_path, reape
     assert outcome.completed == TRIALS, outcome
     client = make_client(orchestrator.tracker.uri)
     experiment = client.get_experiment_by_name(experiment_name(config.name))
-    assert experiment is not None
+    assert experiment is not None and experiment.tags.get(EXPERIMENT_KIND_TAG) == EXPERIMENT_KIND
     children = {run.info.run_name: run for run in orchestrator.tracker.child_runs()}
     assert sorted(children) == [f"trial-{n}" for n in range(TRIALS)]
     pareto = {name: run.data.tags.get("pareto") for name, run in children.items()}
@@ -108,7 +113,8 @@ def test_mlflow_ui_shows_trial_runs_and_pareto_tags(small_cache, tmp_path, reape
     reaper.append(ui)
     shots = {}
     try:
-        wait_for(lambda: answers(f"{base}/"), WAIT_S, f"the MLflow UI at {base}/", interval=0.5, process=ui, log=log)
+        wait_for(lambda: answers(f"{base}/"), UI_START_S, f"the MLflow UI at {base}/", interval=0.5, process=ui,
+                 log=log)
         addresses = listening_addresses(port)
         if addresses is not None:  # None: this platform does not list listening sockets to us; nothing to check
             assert addresses == ["127.0.0.1"], f"the UI listens on {addresses}, not on 127.0.0.1 only"
@@ -133,9 +139,28 @@ def test_mlflow_ui_shows_trial_runs_and_pareto_tags(small_cache, tmp_path, reape
                     pytest.fail(f"timed out after {WAIT_S}s waiting for {what} at {driver.current_url} "
                                 f"(screenshot {path}); the page shows:\n{page_text()[:3000]}")
 
-            # MLflow 3 opens an experiment on its GenAI overview; the runs table is the
-            # "Model training" view's Runs tab.
-            driver.get(f"{base}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
+            def click(xpath: str, what: str) -> None:
+                """Click the first visible element matching ``xpath`` (the sidebar and the
+                page can both hold a link of that name)."""
+                def visible(_driver):
+                    found = [e for e in driver.find_elements(By.XPATH, xpath) if e.is_displayed() and e.is_enabled()]
+                    return found[0] if found else False
+
+                until(visible, what, "mlflow-ui-failure.png").click()
+
+            # As a new user: the address `aam-search ui` prints, then "Model training" in the
+            # sidebar (MLflow 3.17 shows every experiment in the workflow picked there, GenAI
+            # unless the browser remembers otherwise), the experiments list, the study's name.
+            driver.get(f"{base}/")
+            click(f"//*[@role='button'][normalize-space()='{MODEL_TRAINING}']", f"the {MODEL_TRAINING!r} switch")
+            click("//a[normalize-space()='Experiments']", "the Experiments link")
+            until(lambda _driver: re.search(r"#/experiments/?(\?|$)", driver.current_url), "the experiments list",
+                  "mlflow-ui-failure.png")
+            click(f"//a[normalize-space()='{experiment.name}']", f"the experiment {experiment.name} in the list")
+            runs_url = re.compile(rf"#/experiments/{experiment.experiment_id}/runs\?"
+                                  r"(.*&)?workflowType=machine_learning")
+            until(lambda _driver: runs_url.search(driver.current_url),
+                  f"the runs of experiment {experiment.name} (not its GenAI overview)", "mlflow-ui-failure.png")
             parent_cell = f"//*[@role='gridcell'][.//a[normalize-space()='study-{config.name}']]"
             until(EC.presence_of_element_located((By.XPATH, parent_cell)), "the study's parent run",
                   "mlflow-ui-failure.png")
@@ -167,11 +192,12 @@ def test_mlflow_ui_shows_trial_runs_and_pareto_tags(small_cache, tmp_path, reape
 
             def trial_rows(_driver) -> bool:
                 names = {a.text.strip() for a in driver.find_elements(By.XPATH, "//*[@role='gridcell']//a")}
-                trials = {n for n in names if n.startswith("trial-")}
-                return trials == set(children) and all(row_value(run.info.run_id) == pareto[name]
-                                                       for name, run in children.items())
+                shown = {n for n in names if n.startswith(("trial-", "study-"))}
+                return shown == {f"study-{config.name}", *children} and all(
+                    row_value(run.info.run_id) == pareto[name] for name, run in children.items())
 
-            until(trial_rows, f"the trial runs {sorted(children)} with pareto tags {pareto}", "mlflow-ui-runs.png")
+            until(trial_rows, f"the study run study-{config.name} and, nested in it, the trial runs {sorted(children)} "
+                             f"with pareto tags {pareto}", "mlflow-ui-runs.png")
             shots["runs"] = tmp_path / "mlflow-ui-runs.png"
             driver.save_screenshot(str(shots["runs"]))
             print(f"screenshot of the runs table: {shots['runs']}")

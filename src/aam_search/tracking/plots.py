@@ -156,6 +156,26 @@ def hypervolume_png(history: Sequence[Sequence[float]], path: Path, title: str) 
     return path
 
 
+def importance_png(importances: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    """One horizontal bar chart per objective: each parameter's share of its variance."""
+    objectives = list(importances)
+    params = max((len(values) for values in importances.values()), default=1)
+    figure = _figure(4.2 * max(1, len(objectives)), 1.4 + 0.35 * params)
+    for index, name in enumerate(objectives):
+        axes = figure.add_subplot(1, max(1, len(objectives)), index + 1)
+        ranked = sorted(importances[name].items(), key=lambda item: item[1])
+        axes.barh([param for param, _ in ranked], [value for _, value in ranked], color="#1a73e8")
+        axes.set_xlim(0, 1)
+        axes.set_xlabel("importance (fANOVA)")
+        axes.set_title(name, fontsize=10)
+        axes.grid(axis="x", alpha=0.3)
+        axes.tick_params(axis="y", labelsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
 def hypervolume_csv(history: Sequence[Sequence[float]], path: Path) -> Path:
     return write_csv([{"completed": int(h[0]), "hypervolume": h[1]} for h in history], path,
                      ["completed", "hypervolume"])

@@ -9,8 +9,10 @@ running at once.
 - Experiment ``aam-<study>``; the parent run ``study-<study>`` holds the study's settings
   as params, the raw baseline, the hypervolume after each completed trial (step = number
   completed) and, refreshed after each completed trial, ``pareto_front.html``/``.png``,
-  ``hypervolume.png``/``.csv`` and ``trials.csv``. Its id is kept in the Optuna study
-  (``aam:mlflow_parent_run``), so a resumed study continues the same run.
+  ``hypervolume.png``/``.csv`` and ``trials.csv``; once enough trials are complete, the
+  parameter importances per objective (``param_importances.csv``/``.png`` and metrics
+  ``importance.<objective>.<param>``, see :mod:`aam_search.tracking.importance`). Its id is
+  kept in the Optuna study (``aam:mlflow_parent_run``), so a resumed study continues the same run.
 - Child run ``trial-<n>`` per Optuna trial (tag ``mlflow.parentRunId``): the sampled
   params and the resolved trial config (``config.*``), per-epoch training metrics
   (``train/*``, step = epoch), the final metrics, tags ``optuna.trial_number``,
@@ -39,6 +41,7 @@ from aam_search.search.config import StudyConfig
 from aam_search.search.pareto import feasible, pareto_front
 from aam_search.redact import redact, scrub
 from aam_search.search.study import ATTEMPT, REASON, SLOT, counted
+from aam_search.tracking import importance
 from aam_search.tracking.params import MAX_PARAM, finite_float, final_metrics, flatten, metric_key, study_params
 from aam_search.tracking.plots import (
     TrialPoint,
@@ -96,6 +99,7 @@ class StudyTracker:
         self._monitor: Any = None
         self._paused_until = 0.0
         self._warned = False
+        self._importances_at = 0  # completed trials when importances were last computed
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -258,7 +262,7 @@ class StudyTracker:
 
         try:
             if time.monotonic() >= self._paused_until:
-                self._refresh()
+                self._refresh(final=True)
             status = payload.get("status")
             others = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if status != "finished" or not others:
@@ -337,9 +341,10 @@ class StudyTracker:
                 return runs
 
     # ------------------------------------------------------------------ study-wide refresh
-    def _refresh(self, hypervolume: float | None = None) -> None:
+    def _refresh(self, hypervolume: float | None = None, *, final: bool = False) -> None:
         """Re-tag ``pareto`` on every trial run, close runs of trials that ended elsewhere
-        (a dead worker's), and rewrite the parent run's front, hypervolume and trial table."""
+        (a dead worker's), and rewrite the parent run's front, hypervolume and trial table
+        (and, when due or ``final``, the parameter importances)."""
         from optuna.trial import TrialState
 
         from aam_search.search.orchestrator import HYPERVOLUME_ATTR
@@ -389,4 +394,8 @@ class StudyTracker:
             hypervolume_png(history, folder_path / "hypervolume.png", f"hypervolume of study {self.config.name}")
             hypervolume_csv(history, folder_path / "hypervolume.csv")
             write_csv(trial_rows(points, objectives), folder_path / "trials.csv")
+            if importance.due(done, self._importances_at, final=final):
+                self._importances_at = done
+                metrics = importance.write_importances(trials, objectives, folder_path, f"study {self.config.name}")
+                self._log(self.parent_run_id, metrics=metrics, step=done)
             self.client.log_artifacts(self.parent_run_id, folder)

@@ -30,6 +30,10 @@ from aam_search.redact import redact, scrub
 from aam_search.tracking.errors import TrackingUnavailable
 
 EXPERIMENT_PREFIX = "aam-"
+# The MLflow UI (3.x) opens an experiment without a kind in its GenAI view (traces, "No
+# data"); this kind opens it in "Model training", on its runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # Set before the first request to an http(s) server unless the user chose otherwise: MLflow's
 # defaults (7 retries with exponential back-off, 120 s timeouts) turn a wrong URL into a
 # many-minute hang. The first contact uses no retries at all.
@@ -153,9 +157,13 @@ def connect(uri: str) -> Any:
 
 
 def ensure_experiment(client: Any, name: str, artifact_root: str | None, tags: dict[str, str] | None = None) -> str:
-    """The id of experiment ``name``, created (or restored from deletion) if needed."""
+    """The id of experiment ``name``, created (or restored from deletion) if needed.
+
+    It is tagged ``tags`` and the "Model training" kind; an existing experiment gets the
+    tags it lacks (a kind someone chose in the UI is kept)."""
     from mlflow.exceptions import MlflowException
 
+    tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, **(tags or {})}
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
@@ -166,6 +174,9 @@ def ensure_experiment(client: Any, name: str, artifact_root: str | None, tags: d
                 raise
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    for key, value in tags.items():
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
