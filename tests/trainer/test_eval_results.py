@@ -112,6 +112,7 @@ def test_trial_result_keeps_old_fields_and_adds_intervals_and_unseen_tasks(small
     assert set(stored["leakage_above_chance_removed"]) == {"static", "clip", "worst"}
     # The small cache has a handful of validation videos: no interval, a note, a log line.
     assert stored["ci"]["utility"] is None and stored["ci"]["leakage"] is None
+    assert stored["baseline"]["ci"]["leakage"] is None  # the raw features' intervals, alike
     assert "< 10" in stored["ci_note"]
     assert "warning: bootstrap intervals left out" in capsys.readouterr().err
     # The unseen task is probed and reported, but its head was never trained.

@@ -231,7 +231,7 @@ class AAMRecipe:
         return {
             **summarize(measured, baseline, config.eval.primary_protocol),
             "measured": measured,
-            "baseline": {"tasks": baseline["tasks"], "privacy": baseline["privacy"]},
+            "baseline": {"tasks": baseline["tasks"], "privacy": baseline["privacy"], "ci": baseline.get("ci")},
             "adapter_parameters": count_parameters(adapter),
             "runtime": self._runtime(),
         }
