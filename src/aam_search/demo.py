@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from aam_search.data.synth import synthesize
+from aam_search.data.synth import UNSEEN_TASKS, synthesize
 from aam_search.search.config import DataConfig, StudyConfig
 from aam_search.search.live import StudyView, front_table
 from aam_search.search.orchestrator import Orchestrator, StudyOutcome
@@ -22,7 +22,7 @@ from aam_search.search.orchestrator import Orchestrator, StudyOutcome
 # 64 barely moves the adapter in 50 epochs of a small dataset, so the demo fixes lr 1e-3.
 DEMO_TRIAL: dict[str, Any] = {
     "optim": {"epochs": 50, "batch_size": 64, "lr": 1e-3},
-    "eval": {"primary_protocol": "static"},
+    "eval": {"primary_protocol": "static", "unseen_tasks": list(UNSEEN_TASKS)},  # task:speed: probed only
 }
 
 

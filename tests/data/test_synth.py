@@ -16,8 +16,8 @@ from PIL import Image  # noqa: E402
 
 from aam_search.data.manifest import read_manifest  # noqa: E402
 from aam_search.data.synth import (  # noqa: E402
-    ACTION_CLASSES, ATTR_NAMES, MANIFEST_COLUMNS, SampleLabels, biased_half, encode_mp4,
-    render_row, sample_labels, scene_for, synthesize, trajectory)
+    ACTION_CLASSES, ATTR_NAMES, MANIFEST_COLUMNS, SPEED_CLASSES, UNSEEN_TASKS, SampleLabels, biased_half,
+    encode_mp4, render_row, sample_labels, scene_for, synthesize, trajectory)
 from aam_search.data.synth_render import render_frames  # noqa: E402
 
 SMALL = dict(videos=24, images=4, frames=24, size=32, seed=5)
@@ -68,7 +68,7 @@ def test_manifest_columns_labels_and_summary(small_set) -> None:
     assert report.manifest == out / "manifest.csv"
     assert tuple(columns) == MANIFEST_COLUMNS == (
         "path", "split", "action", "attr:skin_dark", "attr:female", "attr:striped", "attr:outdoor",
-        "group:gender")
+        "task:speed", "group:gender")
     for row in rows:
         assert (out / row["path"]).is_file()
         assert row["split"] in ("train", "val", "test")
@@ -76,8 +76,9 @@ def test_manifest_columns_labels_and_summary(small_set) -> None:
         assert row["group:gender"] == ("female" if row["attr:female"] == "1" else "male")
         if row["path"].startswith("videos/"):
             assert row["action"] in ACTION_CLASSES
+            assert row["task:speed"] in (("",) if row["action"] == "still" else SPEED_CLASSES)
         else:
-            assert row["action"] == ""  # privacy images carry no action
+            assert row["action"] == "" and row["task:speed"] == ""  # privacy images carry no action
     video_splits = [r["split"] for r in rows if r["path"].startswith("videos/")]
     assert report.videos_per_split == {s: video_splits.count(s) for s in ("train", "val", "test")}
     assert report.videos_per_split == {"train": 14, "val": 5, "test": 5}
@@ -93,6 +94,8 @@ def test_manifest_columns_labels_and_summary(small_set) -> None:
     manifest = read_manifest(report.manifest)
     assert set(manifest.action_classes) <= set(ACTION_CLASSES)
     assert manifest.attr_names == ATTR_NAMES and manifest.group_names == ("gender",)
+    assert manifest.task_names == ("speed",) and set(manifest.task_classes("speed")) <= set(SPEED_CLASSES)
+    assert summary["unseen_tasks"] == list(UNSEEN_TASKS) == ["task:speed"]
     assert sum(row.is_image for row in manifest.rows) == 4
 
 
@@ -252,3 +255,42 @@ def test_renderer_mask_and_image_rows() -> None:
     assert 0.05 < (mask > 0.5).mean() < 0.4  # an actor, not the whole frame
     with pytest.raises(ValueError):
         synthesize(Path("unused"), 1, size=33)
+
+
+def test_speed_is_motion_only_and_independent_of_action_and_appearance() -> None:
+    rows = sample_labels(3000, 30, seed=4)
+    videos = [r for r in rows if r.kind == "video"]
+    assert all((r.speed is None) == (r.action == "still") for r in videos)
+    assert all(r.speed is None for r in rows if r.kind == "image")
+    moving = [r for r in videos if r.speed is not None]
+    fast = np.array([r.speed == "fast" for r in moving])
+    assert abs(fast.mean() - 0.5) < 0.04
+    for name in ATTR_NAMES:  # not readable from appearance
+        bits = np.array([r.attrs[name] for r in moving])
+        assert abs(bits[fast].mean() - bits[~fast].mean()) < 0.06, name
+    for action in ACTION_CLASSES[:-1]:  # nor from the action
+        in_class = fast[[r.action == action for r in moving]]
+        assert abs(in_class.mean() - 0.5) < 0.08, action
+    # The other labels are drawn as before the speed task existed.
+    assert [(r.split, r.action, r.attrs) for r in rows] == [
+        (r.split, r.action, r.attrs) for r in sample_labels(3000, 30, seed=4)]
+    # Motion: fast walkers move faster, fast swayers/jumpers oscillate quicker, in every case;
+    # a slow run stays faster than a fast walk, so speed does not blur the actions.
+    scenes = {(r.action, r.speed): [] for r in moving}
+    for row in moving[:600]:
+        scenes[(row.action, row.speed)].append(scene_for(row, seed=4, size=64))
+    walk = {s: [abs(c.velocity) for a in ("walk_left", "walk_right") for c in scenes[(a, s)]] for s in SPEED_CLASSES}
+    assert max(walk["slow"]) < min(walk["fast"])
+    run_slow = [c.velocity for c in scenes[("run_right", "slow")]]
+    assert min(run_slow) > max(walk["fast"])
+    for action, period in (("sway", "sway_period"), ("jump", "jump_period")):
+        slow = [getattr(c, period) for c in scenes[(action, "slow")]]
+        quick = [getattr(c, period) for c in scenes[(action, "fast")]]
+        assert min(slow) > max(quick), action
+    # One frame does not tell the speed: appearance draws do not depend on it.
+    row = moving[0]
+    other = SampleLabels(row.kind, row.index, row.split, row.action, row.attrs,
+                         "slow" if row.speed == "fast" else "fast")
+    a, b = scene_for(row, seed=4, size=64), scene_for(other, seed=4, size=64)
+    assert np.array_equal(a.background, b.background) and np.array_equal(a.cloth_rgb, b.cloth_rgb)
+    assert a.start_x == b.start_x and a.light == b.light

@@ -1,6 +1,10 @@
 """A synthetic stand-in for Kinetics + VISPR: H.264 videos whose action is pure motion and
 whose private attributes are pure static appearance, plus optional labelled privacy images.
 
+A second motion-only utility task, ``task:speed`` (slow/fast, independent of the action and
+the appearance; empty for "still" videos and images), is meant to be probed but never
+co-trained (``eval.unseen_tasks``): whether an adapter keeps motion it was not told to keep.
+
 `sample_labels` decides splits, actions, attributes and the bias-protocol group without
 rendering anything; `synthesize` renders and encodes them and writes the manifest.
 """
@@ -11,7 +15,7 @@ import csv
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Literal
@@ -19,17 +23,21 @@ from typing import Callable, Literal
 import numpy as np
 
 from aam_search.data.synth_render import (
-    ACTION_CLASSES, ATTR_NAMES, Scene, render_frames, sample_scene, trajectory)
+    ACTION_CLASSES, ATTR_NAMES, MOVING_ACTIONS, SPEED_CLASSES, Scene, render_frames, sample_scene, trajectory)
 
 __all__ = [
-    "ACTION_CLASSES", "ATTR_NAMES", "MANIFEST_COLUMNS", "SPLITS", "SampleLabels", "SynthReport",
+    "ACTION_CLASSES", "ATTR_NAMES", "MANIFEST_COLUMNS", "SPEED_CLASSES", "SPLITS", "SampleLabels", "SynthReport",
+    "UNSEEN_TASKS",
     "Scene", "biased_half", "encode_mp4", "rgb_to_yuv420p", "render_row", "sample_labels", "scene_for", "synthesize",
     "trajectory",
 ]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+SPEED_TASK = "task:speed"
+# The generator's tasks that are for probing only: list them in a trial's eval.unseen_tasks.
+UNSEEN_TASKS: tuple[str, ...] = (SPEED_TASK,)
 MANIFEST_COLUMNS: tuple[str, ...] = (
-    "path", "split", "action", *(f"attr:{name}" for name in ATTR_NAMES), "group:gender")
+    "path", "split", "action", *(f"attr:{name}" for name in ATTR_NAMES), SPEED_TASK, "group:gender")
 _KIND_CODE = {"video": 0, "image": 1}  # keeps the render streams of videos and images apart
 
 
@@ -42,6 +50,7 @@ class SampleLabels:
     split: str
     action: str | None
     attrs: dict[str, int]
+    speed: str | None = None  # "slow"/"fast" for moving videos; None: still videos, images
 
     @property
     def group(self) -> str:
@@ -63,6 +72,7 @@ class SynthReport:
     # (all rows when the test split is empty): the floor of the cMAP privacy metric.
     attr_chance: dict[str, float]
     action_chance: float  # a uniform guess over the balanced test classes
+    speed_classes: list[str] = field(default_factory=lambda: list(SPEED_CLASSES))
 
 
 def biased_half(group: str) -> tuple[str, ...]:
@@ -89,7 +99,8 @@ def sample_labels(videos: int, images: int = 0, *, seed: int = 0, bias: float | 
     """Draw every row's split, action and attributes (cheap: nothing is rendered).
 
     Attributes are independent Bernoulli(0.5). Without `bias` actions are uniform and
-    independent of appearance. With `bias=P`, a train actor's action comes from its group's
+    independent of appearance. Moving videos get a speed, uniform over `SPEED_CLASSES` and
+    drawn from a stream of its own (the other labels do not change with it). With `bias=P`, a train actor's action comes from its group's
     half of the classes (`biased_half`) with probability P, else from the other half;
     val/test stay balanced.
     """
@@ -107,6 +118,7 @@ def sample_labels(videos: int, images: int = 0, *, seed: int = 0, bias: float | 
         uniform_action = rng.integers(0, len(ACTION_CLASSES), size=count)
         own_half = rng.random(count)
         half_pick = rng.integers(0, len(ACTION_CLASSES) // 2, size=count)
+        speeds = np.random.default_rng([seed, 2000 + _KIND_CODE[kind]]).integers(0, len(SPEED_CLASSES), size=count)
         for i in range(count):
             attrs = {name: int(bit) for name, bit in zip(ATTR_NAMES, attr_bits[i])}
             action: str | None = None
@@ -117,7 +129,8 @@ def sample_labels(videos: int, images: int = 0, *, seed: int = 0, bias: float | 
                     other = "male" if group == "female" else "female"
                     half = biased_half(group if own_half[i] < bias else other)
                     action = half[half_pick[i]]
-            rows.append(SampleLabels(kind, i, splits[i], action, attrs))
+            speed = SPEED_CLASSES[speeds[i]] if action in MOVING_ACTIONS else None
+            rows.append(SampleLabels(kind, i, splits[i], action, attrs, speed))
     return rows
 
 
@@ -158,7 +171,7 @@ def encode_mp4(path: Path, frames: np.ndarray, fps: int, crf: int = 18) -> None:
 def scene_for(row: SampleLabels, *, seed: int, size: int) -> Scene:
     """The scene `synthesize` renders for `row`: its own random stream, so rows are independent."""
     rng = np.random.default_rng([seed, _KIND_CODE[row.kind], row.index])
-    return sample_scene(rng, row.attrs, row.action, size)
+    return sample_scene(rng, row.attrs, row.action, size, row.speed)
 
 
 def render_row(row: SampleLabels, *, seed: int, frames: int, size: int) -> np.ndarray:
@@ -214,7 +227,7 @@ def synthesize(out_dir: Path, videos: int = 240, *, seed: int = 0, bias: float |
         writer.writerow(MANIFEST_COLUMNS)
         for row in rows:
             writer.writerow([row.path, row.split, row.action or "",
-                             *(row.attrs[name] for name in ATTR_NAMES), row.group])
+                             *(row.attrs[name] for name in ATTR_NAMES), row.speed or "", row.group])
 
     test_rows = [r for r in rows if r.split == "test"] or rows
     report = SynthReport(
@@ -231,6 +244,7 @@ def synthesize(out_dir: Path, videos: int = 240, *, seed: int = 0, bias: float |
               "codec": "libx264", "pix_fmt": "yuv420p", "crf": 18, "preset": "veryfast",
               "x264_params": "mbtree=0"}
     summary = {**asdict(report), "manifest": manifest.name, "parameters": params,
-               "bias_halves": {g: list(biased_half(g)) for g in ("female", "male")}}
+               "bias_halves": {g: list(biased_half(g)) for g in ("female", "male")},
+               "unseen_tasks": list(UNSEEN_TASKS)}
     (out_dir / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
     return report

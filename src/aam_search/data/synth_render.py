@@ -1,7 +1,9 @@
 """Pixel rendering for the synthetic dataset: scenes, actors and their motion (numpy only).
 
 Appearance (skin tone, body shape, clothing, background) is fixed for a whole video and
-carries the private attributes; the action is only the actor's trajectory. Every class
+carries the private attributes; the action is only the actor's trajectory, and so is the
+speed (``slow``/``fast``: how fast walkers move and how quickly swayers and jumpers
+oscillate), a second motion-only task drawn independently of the action and the appearance. Every class
 shares the same per-frame position distribution, so one frame says nothing about the action:
 walkers wrap around horizontally from a uniform start, and the sway/jump offsets that only
 sway/jump actors animate are frozen at a random phase for everybody else.
@@ -17,12 +19,19 @@ import numpy as np
 
 ACTION_CLASSES: tuple[str, ...] = ("walk_left", "walk_right", "run_right", "jump", "sway", "still")
 ATTR_NAMES: tuple[str, ...] = ("skin_dark", "female", "striped", "outdoor")
+SPEED_CLASSES: tuple[str, ...] = ("slow", "fast")
+# Every action but "still" moves, so only those carry a speed label.
+MOVING_ACTIONS: tuple[str, ...] = tuple(a for a in ACTION_CLASSES if a != "still")
 
 # Motion in pixels per frame at size 64 (scaled with the frame size): 1.2-1.8 px/frame walks
 # stay visible after H.264 and over a 16x2 clip; running is 2.5x the walk so speed matters.
 _WALK_SPEED_64 = (1.2, 1.8)
 _RUN_FACTOR = 2.5
 _PERIOD_FRAMES = (10.0, 14.0)  # sway period / time between jump bounces
+# Disjoint sub-ranges per speed class (a slow run, 2.5x a slow walk, stays faster than a
+# fast walk); no speed label: the whole range above, as before the speed task existed.
+_SPEED_WALK_64 = {"slow": (1.0, 1.3), "fast": (1.7, 2.0)}
+_SPEED_PERIOD = {"slow": (13.0, 16.0), "fast": (8.0, 10.0)}
 _OFFSET_AMPLITUDE = (0.08, 0.14)  # sway and jump amplitudes, fraction of the frame size
 
 
@@ -101,10 +110,18 @@ def _background(rng: np.random.Generator, size: int, outdoor: bool) -> np.ndarra
 
 
 def sample_scene(rng: np.random.Generator, attrs: Mapping[str, int], action: str | None,
-                 size: int) -> Scene:
-    """Draw appearance from the attribute labels and nuisance/motion parameters from `rng`."""
+                 size: int, speed: str | None = None) -> Scene:
+    """Draw appearance from the attribute labels and nuisance/motion parameters from `rng`.
+
+    `speed` ("slow"/"fast") picks the walk speed and the sway/jump period from disjoint
+    sub-ranges; it draws the same random numbers either way, so appearance does not depend on it.
+    """
     if action is not None and action not in ACTION_CLASSES:
         raise ValueError(f"unknown action {action!r}; expected one of {ACTION_CLASSES}")
+    if speed is not None and speed not in SPEED_CLASSES:
+        raise ValueError(f"unknown speed {speed!r}; expected one of {SPEED_CLASSES}")
+    walk_range = _WALK_SPEED_64 if speed is None else _SPEED_WALK_64[speed]
+    period_range = _PERIOD_FRAMES if speed is None else _SPEED_PERIOD[speed]
     if attrs["skin_dark"]:
         skin = _hsv(rng, (12, 30), (0.4, 0.65), (0.28, 0.5))
     else:
@@ -119,7 +136,7 @@ def sample_scene(rng: np.random.Generator, attrs: Mapping[str, int], action: str
     background = _background(rng, size, bool(attrs["outdoor"]))
 
     height = 0.6 * size * rng.uniform(0.8, 1.2)
-    walk = rng.uniform(*_WALK_SPEED_64) * size / 64.0
+    walk = rng.uniform(*walk_range) * size / 64.0
     velocity = {"walk_left": -walk, "walk_right": walk, "run_right": _RUN_FACTOR * walk}.get(
         action or "", 0.0)
     return Scene(
@@ -131,10 +148,10 @@ def sample_scene(rng: np.random.Generator, attrs: Mapping[str, int], action: str
         start_x=rng.uniform(0.0, size),
         velocity=velocity,
         sway_amplitude=size * rng.uniform(*_OFFSET_AMPLITUDE),
-        sway_period=rng.uniform(*_PERIOD_FRAMES),
+        sway_period=rng.uniform(*period_range),
         sway_phase=rng.uniform(0.0, 2 * np.pi),
         jump_amplitude=size * rng.uniform(*_OFFSET_AMPLITUDE),
-        jump_period=rng.uniform(*_PERIOD_FRAMES),
+        jump_period=rng.uniform(*period_range),
         jump_phase=rng.uniform(0.0, np.pi),
         light=rng.uniform(0.7, 1.3),
         noise_sigma=rng.uniform(4.0, 10.0),

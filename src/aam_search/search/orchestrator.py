@@ -8,7 +8,6 @@ worker`` runs the same loop against an existing study from another machine.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Callable
@@ -41,7 +40,7 @@ from aam_search.search.study import (
     waiting_trials,
 )
 from aam_search.spaces import SearchSpace, merge_overrides, resolve_space
-from aam_search.trainer.baseline import raw_baseline
+from aam_search.trainer.baseline import raw_baseline, worst_case
 from aam_search.trainer.config import TrialConfig, parse_trial_config
 from aam_search.trainer.label_needs import activates, check_attr_labels, objectives_needing_labels
 from aam_search.trainer.reporter import FAILURE_KIND, INPUT_FAILURE, finite_number
@@ -139,9 +138,8 @@ class Orchestrator:
         values["utility"], chance["utility"] = main["top1"], main["chance"]
         for protocol, leak in baseline["privacy"].items():
             values[f"leakage:{protocol}"], chance[f"leakage:{protocol}"] = leak["cmap"], leak["chance"]
-        primary = self.base_trial["eval"]["primary_protocol"]
-        values["leakage"] = values.get(f"leakage:{primary}", float("nan"))
-        chance["leakage"] = chance.get(f"leakage:{primary}", float("nan"))
+        # As in each trial's result (trainer.baseline.summarize): the worst case over protocols.
+        _, values["leakage"], chance["leakage"] = worst_case(baseline["privacy"])
         return values, chance
 
     def _trial_config(self, params: dict[str, Any]) -> TrialConfig:

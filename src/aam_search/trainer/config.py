@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -95,17 +96,38 @@ class OptimConfig(_Strict):
         return StepBudget(steps_per_epoch, epochs, total, int(self.warmup_fraction * total))
 
 
+AttackerKind = Literal["linear", "mlp", "mlp_deep", "knn"]  # trainer/attackers.py ATTACKER_KINDS
+
+
 class EvalConfig(_Strict):
+    """How a trial's features are judged; ``leakage`` is the worst case over ``protocols``."""
+
     split: Literal["val", "test"] = "val"
     protocols: tuple[Literal["static", "clip"], ...] = Field(default=("static", "clip"), strict=False)
-    primary_protocol: Literal["static", "clip"] = "static"
+    primary_protocol: Literal["static", "clip"] = Field(
+        default="static", description="kept for old configs; leakage is the worst case over all protocols")
     attacker_epochs: int = Field(default=60, ge=1)
     probe_epochs: int = Field(default=60, ge=1)
+    attackers: tuple[AttackerKind, ...] = Field(
+        default=("linear", "mlp", "mlp_deep", "knn"), min_length=1, description="the suite; the strongest counts")
+    knn_k: int | None = Field(default=None, ge=1, description="kNN neighbours; None: inner leave-one-video-out CV")
+    crossfit_folds: int = Field(default=5, ge=0, description="folds of the evaluation split; 0: train-then-score only")
+    bootstrap_resamples: int = Field(default=1000, ge=0, description="per-video bootstrap draws; 0: no intervals")
+    bootstrap_seed: int = Field(default=0, description="fixed, so every trial and the baseline share one draw")
+    unseen_tasks: tuple[str, ...] = Field(
+        default=(), description="task:<name> columns that are probed but never co-trained")
 
     @model_validator(mode="after")
     def _primary_is_measured(self) -> EvalConfig:
         if self.primary_protocol not in self.protocols:
             raise ValueError(f"primary_protocol {self.primary_protocol!r} is not in protocols {self.protocols}")
+        if self.crossfit_folds == 1:
+            raise ValueError("crossfit_folds must be 0 (off) or at least 2")
+        for task in self.unseen_tasks:
+            if not re.fullmatch(r"task:[\w.-]+", task):
+                raise ValueError(f"unseen_tasks entry {task!r} is not a task:<name> column")
+        if len(set(self.unseen_tasks)) != len(self.unseen_tasks):
+            raise ValueError("unseen_tasks repeat")
         return self
 
 

@@ -16,6 +16,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from aam_search.trainer.attackers import (
+    ATTACK_BATCH,
+    ATTACK_LR,
+    ATTACKER_KINDS,
+    knn_members,
+    make_attacker,
+    member_scores,
+    train_members,
+)
+
+__all__ = ["AttackResult", "ProbeResult", "attack", "attribute_cmap", "average_precision", "linear_probe",
+           "make_attacker"]
+
 
 @dataclass(frozen=True)
 class ProbeResult:
@@ -24,9 +37,12 @@ class ProbeResult:
     train_clips: int
     eval_videos: int
     per_group: dict[str, float] = field(default_factory=dict)
+    # Per evaluation video (for the bootstrap): its cache index and 1.0 where it was right.
+    videos: np.ndarray | None = field(default=None, repr=False, compare=False)
+    correct: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k not in ("videos", "correct")}
 
 
 @dataclass(frozen=True)
@@ -63,55 +79,6 @@ def _standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tenso
     return [(x - mean) / std for x in (train, *others)]
 
 
-MIN_STEPS = 1000  # small sets: a few batches per epoch would leave the model untrained
-PLATEAU_WINDOW = 25  # optimiser steps per plateau check (at least one epoch)
-
-
-def _fit(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    loss_fn,
-    *,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    weight_decay: float,
-    seed: int,
-    min_steps: int | None = None,
-) -> None:
-    """AdamW for ``epochs`` epochs (and at least ``min_steps`` steps), plateau decay on the training loss.
-
-    The plateau check runs on the mean loss of each window of at least ``PLATEAU_WINDOW``
-    steps (and at least one epoch), so tiny training sets do not halve the rate every few steps.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=5)
-    count = len(inputs)
-    if count == 0:
-        return
-    batches = -(-count // batch_size)
-    total_steps = max(epochs * batches, MIN_STEPS if min_steps is None else min_steps)
-    window = max(batches, PLATEAU_WINDOW)
-    step, total, seen = 0, 0.0, 0
-    while step < total_steps:
-        order = torch.randperm(count, generator=generator)
-        for start in range(0, count, batch_size):
-            index = order[start : start + batch_size]
-            loss = loss_fn(model(inputs[index]), index)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach().item() * len(index)
-            seen += len(index)
-            step += 1
-            if step % window == 0:
-                scheduler.step(total / seen)
-                total, seen = 0.0, 0
-            if step >= total_steps:
-                break
-
-
 def _fit_lbfgs(model: nn.Module, inputs: torch.Tensor, loss_fn, *, l2: float, max_iter: int) -> None:
     """Full-batch L-BFGS (strong Wolfe) on a convex loss plus ``l2/2 * ||weight||^2``."""
     optimizer = torch.optim.LBFGS(
@@ -132,15 +99,21 @@ def _fit_lbfgs(model: nn.Module, inputs: torch.Tensor, loss_fn, *, l2: float, ma
 
 
 PROBE_L2 = 1e-2  # L2 on the probe weights (features are standardised)
-ATTACK_WEIGHT_DECAY = 1e-4
 
 
-def make_attacker(kind: str, dim: int, outputs: int) -> nn.Module:
-    if kind == "mlp":  # the paper's attacker: Linear(d,d)-ReLU-Linear(d,A)
-        return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, outputs))
-    if kind == "linear":
-        return nn.Linear(dim, outputs)
-    raise ValueError(f"unknown attacker kind {kind!r} (mlp or linear)")
+def attribute_cmap(scores: np.ndarray, labels: np.ndarray, attr_names: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """AP and chance (positive rate) per attribute of ``scores``/``labels`` ``[N, A]`` (-1 = unknown).
+
+    An attribute without both classes among the labelled rows is left out (AP is undefined).
+    """
+    per_attr, chance = {}, {}
+    for j, name in enumerate(attr_names):
+        keep = labels[:, j] >= 0
+        if keep.sum() == 0 or labels[keep, j].min() == labels[keep, j].max():
+            continue
+        per_attr[name] = average_precision(scores[keep, j], labels[keep, j])
+        chance[name] = float(labels[keep, j].mean())
+    return per_attr, chance
 
 
 def attack(
@@ -152,36 +125,32 @@ def attack(
     *,
     kind: str = "mlp",
     epochs: int = 60,
-    lr: float = 1e-3,
-    batch_size: int = 128,
+    lr: float = ATTACK_LR,
+    batch_size: int = ATTACK_BATCH,
     seed: int = 0,
+    knn_k: int | None = None,
+    train_video: torch.Tensor | None = None,
 ) -> AttackResult:
-    """Train a fresh attacker on pooled features ``[N, D]``; attrs ``[N, A]`` with -1 = unknown."""
-    train_x, eval_x = _standardize(train_x.float(), eval_x.float())
-    targets = train_attrs.float()
-    known = train_attrs >= 0
-    torch.manual_seed(seed)
-    model = make_attacker(kind, train_x.shape[1], len(attr_names))
+    """Train one fresh attacker of ``kind`` (see ``attackers.ATTACKER_KINDS``) on pooled
+    features ``[N, D]`` and score it on ``eval_x``; attrs ``[N, A]`` with -1 = unknown.
 
-    def loss_fn(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        mask = known[index]
-        losses = nn.functional.binary_cross_entropy_with_logits(
-            logits, targets[index].clamp_min(0), reduction="none"
-        )
-        return (losses * mask).sum() / mask.sum().clamp_min(1)
-
-    _fit(model, train_x, loss_fn, epochs=epochs, lr=lr, batch_size=batch_size,
-         weight_decay=ATTACK_WEIGHT_DECAY, seed=seed)
-    with torch.no_grad():
-        scores = model(eval_x).numpy()
-    labels = eval_attrs.numpy()
-    per_attr, chance = {}, {}
-    for j, name in enumerate(attr_names):
-        keep = labels[:, j] >= 0
-        if keep.sum() == 0 or labels[keep, j].min() == labels[keep, j].max():
-            continue  # AP is undefined without both classes
-        per_attr[name] = average_precision(scores[keep, j], labels[keep, j])
-        chance[name] = float(labels[keep, j].mean())
+    ``train_video`` (the video of each training row) keeps a kNN's inner CV from matching a
+    row with its own video; without it every row counts as its own video.
+    """
+    if kind not in ATTACKER_KINDS:
+        raise ValueError(f"unknown attacker kind {kind!r} ({', '.join(ATTACKER_KINDS)})")
+    x = torch.cat([train_x.float(), eval_x.float()])
+    targets = torch.cat([train_attrs, eval_attrs])
+    train = torch.zeros(1, len(x), dtype=torch.bool)
+    train[0, : len(train_x)] = True
+    if kind == "knn":
+        owner = torch.arange(len(x)) if train_video is None else torch.cat(
+            [train_video.long(), torch.full((len(eval_x),), -1, dtype=torch.long)])
+        scores, _ = knn_members(x, targets, owner, train, eval_x.float(), k=knn_k, seed=seed)
+    else:
+        fitted = train_members(x, targets, train, (kind,), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+        scores = member_scores(fitted[kind], eval_x.float())
+    per_attr, chance = attribute_cmap(scores[0].numpy(), eval_attrs.numpy(), attr_names)
     if not per_attr:
         raise ValueError("no attribute has both positive and negative evaluation labels")
     return AttackResult(
@@ -248,4 +217,6 @@ def linear_probe(
         train_clips=len(train_x),
         eval_videos=len(videos),
         per_group=per_group,
+        videos=videos.numpy(),
+        correct=correct.numpy(),
     )

@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,10 @@ import numpy as np
 import torch
 
 from aam_search.features.cache import CacheError, FeatureCache
-from aam_search.trainer.baseline import evaluate_features, raw_baseline, summarize
+from aam_search.trainer.baseline import ci_warnings, cotrained_tasks, evaluate_features, raw_baseline, summarize
 from aam_search.trainer.checkpoint import save_checkpoint
 from aam_search.trainer.config import TrialConfig
-from aam_search.trainer.data import TrainingData, task_num_classes
+from aam_search.trainer.data import TrainingData
 from aam_search.trainer.eraser import LinearEraser, fit_eraser
 from aam_search.trainer.feature_eval import Transform, pooled
 from aam_search.trainer.heads import cotrained_accuracy, pretrain_heads
@@ -139,7 +140,7 @@ class AAMRecipe:
         self.reporter.trial(config.resolved(self.budget.steps_per_epoch))
         dim = self.cache.dim
         self.adapter = build_adapter(dim, config.adapter)
-        self.heads = TaskHeads(dim, task_num_classes(self.cache))
+        self.heads = TaskHeads(dim, cotrained_tasks(self.cache, config.eval.unseen_tasks))
         projector = None
         if config.loss.privacy_objective == "adversarial":
             projector = PrivacyProjector(dim, config.loss.projector_dim)
@@ -263,10 +264,12 @@ class AAMRecipe:
         heads = self.accelerator.unwrap_model(self.model).heads.eval()
         measured["cotrained_top1"] = cotrained_accuracy(heads, self.cache, transform, config.eval.split)
         self.timings["eval_s"] = time.perf_counter() - started
+        for line in ci_warnings(measured):
+            print(f"warning: {line}", file=sys.stderr, flush=True)  # goes to the trial's log
         return {
             **summarize(measured, baseline, config.eval.primary_protocol),
             "measured": measured,
-            "baseline": {"tasks": baseline["tasks"], "privacy": baseline["privacy"]},
+            "baseline": {"tasks": baseline["tasks"], "privacy": baseline["privacy"], "ci": baseline.get("ci")},
             "adapter_parameters": count_parameters(adapter),
             "runtime": self._runtime(),
             **extra,
