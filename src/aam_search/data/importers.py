@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import random
 import re
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-from aam_search.data.manifest import SPLITS, write_manifest
+from aam_search.data.import_common import (
+    FILE_NOT_FOUND,
+    ImportFormatError,
+    ImportReport,
+    SkippedEntry,
+    checked_out_dir,
+    manifest_row,
+    write_grouped,
+    write_report,
+)
 
 # The 7 VISPR attributes used by SPAct and by the paper's privacy evaluation.
 VISPR_PAPER_ATTRIBUTES = (
@@ -34,36 +40,6 @@ VISPR_SPLIT_FOLDERS = {"train2017": "train", "val2017": "val", "test2017": "test
 KINETICS_VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi")  # preference order when several exist
 KINETICS_SPLITS = {"train": "train", "val": "val", "validate": "val", "test": "test"}
 UCF101_GROUP = re.compile(r"_g(\d+)_c\d+")
-FILE_NOT_FOUND = "file not found"
-GroupKey = TypeVar("GroupKey", bound=Hashable)
-
-
-class ImportFormatError(ValueError):
-    """Annotation files that cannot be turned into a manifest; names the file (and line)."""
-
-
-@dataclass(frozen=True)
-class SkippedEntry:
-    source: str  # where the entry came from: annotation file, line and the entry itself
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.source} ({self.reason})"
-
-
-@dataclass
-class ImportReport:
-    manifest: Path
-    rows_per_split: dict[str, int]
-    skipped: list[SkippedEntry] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """A few lines for the terminal: rows per split, then skipped entries counted by reason."""
-        written = ", ".join(f"{split} {count}" for split, count in self.rows_per_split.items())
-        lines = [f"wrote {self.manifest}: {written}"]
-        for reason, count in Counter(entry.reason for entry in self.skipped).most_common():
-            lines.append(f"skipped {count}: {reason}")
-        return "\n".join(lines)
 
 
 def import_ucf101(
@@ -80,7 +56,7 @@ def import_ucf101(
     so clips of one group never straddle train and val.
     """
     videos_root, splits_dir = Path(videos_root), Path(splits_dir)
-    out_dir = _checked_out_dir(out, videos_root)
+    out_dir = checked_out_dir(out, videos_root)
     class_index = _read_ucf101_classes(splits_dir / "classInd.txt")
     skipped: list[SkippedEntry] = []
     train: list[tuple[str, Path, str]] = []  # (action, file, group)
@@ -109,7 +85,7 @@ def import_ucf101(
             else:
                 test.append((action, video))
 
-    return _write_grouped(out, out_dir, train, test, skipped, val_fraction, seed)
+    return write_grouped(out, out_dir, train, test, skipped, val_fraction, seed)
 
 
 def import_hmdb51(
@@ -126,7 +102,7 @@ def import_hmdb51(
     since HMDB51 cuts several clips from one movie scene.
     """
     videos_root = Path(videos_root)
-    out_dir = _checked_out_dir(out, videos_root)
+    out_dir = checked_out_dir(out, videos_root)
     skipped: list[SkippedEntry] = []
     train: list[tuple[str, Path, tuple[str, str]]] = []  # (action, file, (action, source movie))
     test: list[tuple[str, Path]] = []
@@ -142,7 +118,7 @@ def import_hmdb51(
         else:
             test.append((entry.action, video))
 
-    return _write_grouped(out, out_dir, train, test, skipped, val_fraction, seed)
+    return write_grouped(out, out_dir, train, test, skipped, val_fraction, seed)
 
 
 @dataclass(frozen=True)
@@ -190,7 +166,7 @@ def import_kinetics(
     Rows without a label (the official test CSV) or without a video are skipped with a reason.
     """
     videos_root = Path(videos_root)
-    out_dir = _checked_out_dir(out, videos_root)
+    out_dir = checked_out_dir(out, videos_root)
     csv_files = [Path(annotations_csv)] if isinstance(annotations_csv, (str, Path)) else [
         Path(item) for item in annotations_csv
     ]
@@ -216,9 +192,9 @@ def import_kinetics(
             elif stem not in videos:
                 skipped.append(SkippedEntry(f"{source}: {stem}", FILE_NOT_FOUND))
             else:
-                rows.append(_row(out_dir, videos[stem], split, label))
+                rows.append(manifest_row(out_dir, videos[stem], split, label))
             first_source.setdefault(stem, source)
-    return _write(out, rows, skipped)
+    return write_report(out, rows, skipped)
 
 
 def import_vispr(
@@ -233,7 +209,7 @@ def import_vispr(
     label, else 0) and no action; each image becomes a static clip.
     """
     images_root, annotations_dir = Path(images_root), Path(annotations_dir)
-    out_dir = _checked_out_dir(out, images_root)
+    out_dir = checked_out_dir(out, images_root)
     skipped: list[SkippedEntry] = []
     rows: list[dict[str, object]] = []
     positives: Counter[str] = Counter()
@@ -252,7 +228,7 @@ def import_vispr(
                 continue
             present = set(labels)
             positives.update(name for name in attributes if name in present)
-            row = _row(out_dir, image, split, None)
+            row = manifest_row(out_dir, image, split, None)
             row.update({f"attr:{name}": int(name in present) for name in attributes})
             rows.append(row)
     if folders_found == 0:
@@ -264,78 +240,7 @@ def import_vispr(
             f"{annotations_dir}: no image carries {', '.join(never_seen)}; labels look like 'a4_gender'"
         )
     columns = ["path", "split", "action", *(f"attr:{name}" for name in attributes)]
-    return _write(out, rows, skipped, columns)
-
-
-def _checked_out_dir(out: str | Path, data_root: Path) -> Path:
-    """The manifest's folder, which must hold the data: manifest paths are relative and may not climb out."""
-    out_dir = Path(os.path.normpath(Path(out).absolute().parent))
-    resolved_root = Path(os.path.normpath(data_root.absolute()))
-    if not resolved_root.is_dir():
-        raise ImportFormatError(f"data folder {data_root} does not exist")
-    if not resolved_root.is_relative_to(out_dir):
-        raise ImportFormatError(
-            f"the data in {resolved_root} is not inside the manifest's folder {out_dir}; "
-            "put the manifest at or above the videos root"
-        )
-    return out_dir
-
-
-def _row(out_dir: Path, file: Path, split: str, action: str | None) -> dict[str, object]:
-    resolved = Path(os.path.normpath(file.absolute()))  # lexical: symlinked storage is fine
-    if not resolved.is_relative_to(out_dir):
-        raise ImportFormatError(
-            f"{file} lies outside the manifest's folder {out_dir}; "
-            "put the manifest at or above the videos root"
-        )
-    return {"path": os.path.relpath(resolved, out_dir), "split": split, "action": action}
-
-
-def _write(
-    out: str | Path,
-    rows: list[dict[str, object]],
-    skipped: list[SkippedEntry],
-    columns: Sequence[str] | None = None,
-) -> ImportReport:
-    rows.sort(key=lambda row: (SPLITS.index(str(row["split"])), str(row["path"])))
-    manifest = write_manifest(out, rows, columns)
-    counts = Counter(str(row["split"]) for row in rows)
-    return ImportReport(manifest, {split: counts[split] for split in SPLITS}, skipped)
-
-
-def _write_grouped(
-    out: str | Path,
-    out_dir: Path,
-    train: list[tuple[str, Path, GroupKey]],
-    test: list[tuple[str, Path]],
-    skipped: list[SkippedEntry],
-    val_fraction: float,
-    seed: int,
-    labels: Callable[[Path], dict[str, object]] | None = None,
-    columns: Sequence[str] | None = None,
-) -> ImportReport:
-    """Write a manifest whose val split is whole groups of train (no group on both sides).
-
-    ``labels(video)`` adds further cells (``attr:`` columns...) to a video's row.
-    """
-    val_groups = _pick_val_groups({group for _, _, group in train}, val_fraction, seed)
-    extra = labels or (lambda _video: {})
-    rows = [
-        {**_row(out_dir, video, "val" if group in val_groups else "train", action), **extra(video)}
-        for action, video, group in train
-    ] + [{**_row(out_dir, video, "test", action), **extra(video)} for action, video in test]
-    return _write(out, rows, skipped, columns)
-
-
-def _pick_val_groups(groups: Iterable[GroupKey], val_fraction: float, seed: int) -> set[GroupKey]:
-    """A seeded choice of round(val_fraction * n) groups, always leaving at least one for train."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    ordered = sorted(groups, key=repr)  # set order varies between runs; the choice must not
-    if val_fraction == 0 or len(ordered) < 2:
-        return set()
-    count = min(max(round(val_fraction * len(ordered)), 1), len(ordered) - 1)
-    return set(random.Random(seed).sample(ordered, count))
+    return write_report(out, rows, skipped, columns)
 
 
 def _numbered_fields(list_file: Path) -> Iterable[tuple[int, list[str]]]:

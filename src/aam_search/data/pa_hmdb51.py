@@ -36,15 +36,15 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from aam_search.data.importers import (
+from aam_search.data.import_common import (
     FILE_NOT_FOUND,
     ImportFormatError,
     ImportReport,
     SkippedEntry,
-    _checked_out_dir,
-    _write_grouped,
-    read_hmdb51_split,
+    checked_out_dir,
+    write_grouped,
 )
+from aam_search.data.importers import read_hmdb51_split
 
 # code -> name of each attribute's values; code 0 ("not visible / not identifiable") gets no column
 ATTRIBUTE_VALUES: dict[str, dict[int, str]] = {
@@ -111,7 +111,7 @@ def import_pa_hmdb51(
     if unknown or not attributes:
         raise ImportFormatError(f"unknown PA-HMDB51 attribute(s) {unknown}; known: {', '.join(PA_ATTRIBUTES)}")
     videos_root = Path(videos_root)
-    out_dir = _checked_out_dir(out, videos_root)
+    out_dir = checked_out_dir(out, videos_root)
     annotations = read_pa_annotations(annotations_dir)
     skipped: list[SkippedEntry] = []
     train: list[tuple[str, Path, tuple[str, str]]] = []
@@ -143,7 +143,7 @@ def import_pa_hmdb51(
         if key not in seen:
             skipped.append(SkippedEntry(annotation.source, NOT_IN_SPLITS))
     columns = ["path", "split", "action", *attribute_columns(attributes)]
-    return _write_grouped(
+    return write_grouped(
         out, out_dir, train, test, skipped, val_fraction, seed, labels=labels.__getitem__, columns=columns
     )
 

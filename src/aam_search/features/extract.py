@@ -378,11 +378,8 @@ def _consolidate(cache_dir: Path, num_shards: int, wall_seconds: float) -> None:
             "clips_per_s": (clips + static) / shard_seconds if shard_seconds else None,
         },
     )
-    valid = torch.ones(len(meta["videos"]), dtype=torch.bool)
     skipped_rows = {problem["row"] for problem in skipped}
-    for index, row in enumerate(meta["rows"]):
-        if row in skipped_rows:
-            valid[index] = False
+    valid = torch.tensor([row not in skipped_rows for row in meta["rows"]], dtype=torch.bool)
     labels = load_file(str(cache_dir / LABELS_FILE))
     labels["valid"] = valid
     save_file(labels, str(cache_dir / LABELS_FILE))

@@ -37,9 +37,9 @@ from typing import Any
 
 import yaml
 
+from aam_search.redact import redact, scrub
 from aam_search.search.config import StudyConfig
 from aam_search.search.pareto import feasible, pareto_front
-from aam_search.redact import redact, scrub
 from aam_search.search.study import ATTEMPT, REASON, SLOT, counted
 from aam_search.tracking import importance
 from aam_search.tracking.params import MAX_PARAM, finite_float, final_metrics, flatten, metric_key, study_params
@@ -52,13 +52,7 @@ from aam_search.tracking.plots import (
     trial_rows,
     write_csv,
 )
-from aam_search.tracking.store import (
-    artifact_location,
-    connect,
-    ensure_experiment,
-    experiment_name,
-    resolve_tracking_uri,
-)
+from aam_search.tracking.store import artifact_location, connect, ensure_experiment, experiment_name, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
 
