@@ -2,12 +2,13 @@
 split has none: at a trial's start and at a study's start (where the trial config and the
 search space meet the cache)."""
 
+import json
 import shutil
 
 import pytest
 from safetensors.torch import load_file, save_file
 
-from aam_search.features.cache import FeatureCache
+from aam_search.features.cache import META_FILE, FeatureCache, file_records, write_json_atomic
 from aam_search.features.config import ConfigError
 from aam_search.search.config import parse_study_config
 from aam_search.search.orchestrator import Orchestrator
@@ -33,6 +34,9 @@ def _copy_with_train_attrs(cache: FeatureCache, folder, *, keep_images: bool) ->
     attrs[train] = -1
     labels["attrs"] = attrs
     save_file(labels, str(target / "labels.safetensors"))
+    meta = json.loads((target / META_FILE).read_text())
+    meta["files"] = file_records(target)  # a deliberate edit: record it, or verify() refuses the cache
+    write_json_atomic(target / META_FILE, meta)
     return FeatureCache.open(target)
 
 
