@@ -285,3 +285,44 @@ def test_an_unwritable_trials_folder_stops_the_study_and_leaves_no_trial_running
     trials = optuna.load_study(study_name="readonly", storage=f"sqlite:///{tmp_path / 'work' / 'optuna.db'}").trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]  # never left RUNNING
     assert folder in trials[0].user_attrs[REASON]
+
+
+# ---------------------------------------------------------------- item 7: the storage breaks mid-study
+def test_a_storage_that_breaks_mid_study_stops_it_in_one_line_and_a_restart_finishes(make_study, monkeypatch,
+                                                                                    tmp_path):
+    """The database going away while a trial trains: the trial process is stopped (never left
+    training unwatched), the error is one StorageError line without the password, and once the
+    database is back a new start re-runs the unfinished trial in its slot."""
+    from sqlalchemy.exc import OperationalError
+
+    from aam_search.search.storage import StorageError
+
+    runs = tmp_path / "runs.txt"
+    fake_trials(monkeypatch, counting_trial(runs, seconds=3))
+    config = make_study(name="broken-db", n_trials=1, max_parallel=1, heartbeat_interval_s=1, heartbeat_grace_s=2)
+    orchestrator = Orchestrator(config, view=None)
+    started: list[Path] = []
+
+    def storage_goes_away(event, payload):
+        if event == "started":
+            started.append(Path(payload["out_dir"]))
+
+            def broken(*args, **kwargs):
+                raise OperationalError("SELECT trials", {}, Exception("server closed the connection unexpectedly"))
+
+            monkeypatch.setattr(orchestrator.study, "get_trials", broken)
+
+    orchestrator.hooks.append(storage_goes_away)
+    with pytest.raises(StorageError) as caught:
+        run_study(config, orchestrator)
+    message = str(caught.value)
+    assert "failed mid-study" in message and "server closed the connection" in message and "\n" not in message
+    assert started
+    assert all(running.finished() for running, _ in orchestrator.running.values()), "a trial was left training"
+    monkeypatch.undo()  # the database is back
+    fake_trials(monkeypatch, counting_trial(runs))
+    time.sleep(2.5)  # past the grace period: the dead start's trial is stale
+    _, outcome = run_study(config)
+    trials = optuna.load_study(study_name="broken-db", storage=config.storage_url).get_trials()
+    assert outcome.completed == 1
+    assert {slot_of(t) for t in complete(trials)} == {0}

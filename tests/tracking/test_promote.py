@@ -149,6 +149,22 @@ def test_failed_promotions_leave_the_registry_alone(tracked, promoted, tmp_path)
     assert tracked.client().get_model_version_by_alias(NAME, "champion").version == alias_before
 
 
+def test_a_cache_changed_since_extraction_is_never_promoted(tracked, promoted, small_cache, tmp_path):
+    import shutil
+
+    copy = tmp_path / small_cache.path.name
+    shutil.copytree(small_cache.path, copy)
+    with open(copy / "features.safetensors", "r+b") as features:  # flip a byte of the tensor data
+        features.seek(-8, 2)
+        byte = features.read(1)
+        features.seek(-8, 2)
+        features.write(bytes([byte[0] ^ 0xFF]))
+    before = versions(tracked)
+    with pytest.raises(PromotionError, match="features.safetensors: contents changed since extraction"):
+        promote("tiny", storage=tracked.storage, trial=0, cache=copy)
+    assert versions(tracked) == before
+
+
 def test_promote_command_errors_name_the_problem(tracked, promoted, capsys):
     from aam_search.cli import main
 

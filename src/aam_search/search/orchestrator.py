@@ -17,16 +17,19 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from aam_search.features.cache import FeatureCache
 from aam_search.features.config import ConfigError, ExtractConfig
 from aam_search.features.extract import extract_features
+from aam_search.redact import redact, scrub
 from aam_search.search.backend import DevicePool, RunningTrial, detect_gpus, start_trial
 from aam_search.search.config import StudyConfig
 from aam_search.search.heartbeat import STALE_REASON, HeartbeatThread, fail_stale_trials, rerun_queued
 from aam_search.search.inputs import input_problem
 from aam_search.search.pareto import hypervolume, objective_value, pareto_front, reference_point
 from aam_search.search.recovery import Verdict, keep_result
+from aam_search.search.storage import StorageError
 from aam_search.search.study import (
     ATTEMPT,
     REASON,
@@ -175,9 +178,16 @@ class Orchestrator:
                     break
                 time.sleep(0.5)
             status = "interrupted" if self.stopping else "stopped" if self.halted else "finished"
+        except SQLAlchemyError as error:  # the study storage broke mid-study
+            self._stop_unwatched("study storage failed")
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise StorageError(
+                f"the study storage {redact(self.config.storage_url)} failed mid-study "
+                f"({scrub(reason, self.config.storage_url)[:300]}); the running trials were stopped and their "
+                "folders kept; start again once it is back: unfinished trials are re-run in their slots"
+            ) from None
         except BaseException:
-            for running, _ in self.running.values():  # never leave trials training unwatched
-                running.stop("orchestrator failed", grace_s=5.0)
+            self._stop_unwatched("orchestrator failed")
             raise
         finally:
             self.beats.stop()
@@ -185,6 +195,10 @@ class Orchestrator:
                 signal.signal(sig, handler)
             self._emit("finished", {"status": status, "reason": self.halted})
         return self.outcome()
+
+    def _stop_unwatched(self, reason: str) -> None:
+        for running, _ in self.running.values():  # never leave trials training unwatched
+            running.stop(reason, grace_s=5.0)
 
     def _fail_stale_trials(self) -> None:
         """Fail other workers' trials whose beats stopped (never one this process runs)."""

@@ -212,6 +212,7 @@ def evaluate_on_test(adapter_path: Path, trial_config: dict[str, Any], cache_pat
     config = parse_trial_config(trial_config, "the trial's trial.yaml")
     try:
         cache = FeatureCache.open(config.cache)
+        cache.verify()  # a champion is never picked on features changed since extraction
     except (CacheError, OSError) as error:
         raise PromotionError(f"cannot open the trial's feature cache ({error}); pass --cache DIR") from None
     checkpoint = load_checkpoint(adapter_path)

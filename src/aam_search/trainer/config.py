@@ -109,13 +109,14 @@ class EvalConfig(_Strict):
     attacker_epochs: int = Field(default=60, ge=1)
     probe_epochs: int = Field(default=60, ge=1)
     attackers: tuple[AttackerKind, ...] = Field(
-        default=("linear", "mlp", "mlp_deep", "knn"), min_length=1, description="the suite; the strongest counts")
+        default=("linear", "mlp", "mlp_deep", "knn"), min_length=1, strict=False,
+        description="the suite; the strongest counts")
     knn_k: int | None = Field(default=None, ge=1, description="kNN neighbours; None: inner leave-one-video-out CV")
     crossfit_folds: int = Field(default=5, ge=0, description="folds of the evaluation split; 0: train-then-score only")
     bootstrap_resamples: int = Field(default=1000, ge=0, description="per-video bootstrap draws; 0: no intervals")
     bootstrap_seed: int = Field(default=0, description="fixed, so every trial and the baseline share one draw")
     unseen_tasks: tuple[str, ...] = Field(
-        default=(), description="task:<name> columns that are probed but never co-trained")
+        default=(), strict=False, description="task:<name> columns that are probed but never co-trained")
 
     @model_validator(mode="after")
     def _primary_is_measured(self) -> EvalConfig:
