@@ -29,6 +29,20 @@ def fake_trials(monkeypatch, code: str) -> None:
     monkeypatch.setattr(backend, "trial_command", command)
 
 
+def another_worker_fails_trial_0(orchestrator, *, max_retry: int):
+    """A hook that, once trial 0 started, does what another worker's stale check does to it:
+    fail it and queue its re-run (up to ``max_retry``)."""
+    def other_worker(event, payload):
+        if event == "started" and payload["number"] == 0:
+            study = orchestrator.study
+            trial_id = orchestrator.running[0][1]._trial_id
+            study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(
+                study, study._storage.get_trial(trial_id))
+
+    return other_worker
+
+
 def failed(trials):
     return [t for t in trials if t.state == TrialState.FAIL]
 
@@ -158,14 +172,7 @@ def test_a_trial_failed_meanwhile_by_another_worker_is_not_told_again(make_study
     config = make_study(name="stolen", n_trials=1, max_parallel=1)
     orchestrator = Orchestrator(config, view=None)
 
-    def other_worker(event, payload):
-        if event == "started" and payload["number"] == 0:
-            study = orchestrator.study
-            trial_id = orchestrator.running[0][1]._trial_id
-            study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
-            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, study._storage.get_trial(trial_id))
-
-    orchestrator.hooks.append(other_worker)
+    orchestrator.hooks.append(another_worker_fails_trial_0(orchestrator, max_retry=1))
     _, outcome = run_study(config, orchestrator)
     trials = orchestrator.study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]

@@ -20,7 +20,7 @@ from aam_search.search.recovery import RECOVERED_FROM, RECOVERED_PREFIX, Verdict
 from aam_search.search.study import ATTEMPT, REASON, SLOT, slot_of
 from aam_search.trainer.reporter import FAILURE_KIND, INPUT_FAILURE
 from tests.search.conftest import complete, run_study
-from tests.search.test_failures import fake_trials
+from tests.search.test_failures import another_worker_fails_trial_0, fake_trials
 
 GOOD = {"status": "completed", "reason": None, "utility": 0.5, "leakage": 0.4, "utility_drop": 0.0}
 
@@ -100,15 +100,7 @@ def test_a_result_whose_trial_was_failed_meanwhile_is_kept(make_study, monkeypat
     config = make_study(name="stolen", n_trials=1, max_parallel=1)
     orchestrator = Orchestrator(config, view=None)
 
-    def other_worker(event, payload):
-        if event == "started" and payload["number"] == 0:
-            study = orchestrator.study
-            trial_id = orchestrator.running[0][1]._trial_id
-            study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
-            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(
-                study, study._storage.get_trial(trial_id))
-
-    orchestrator.hooks.append(other_worker)
+    orchestrator.hooks.append(another_worker_fails_trial_0(orchestrator, max_retry=max_retry))
     seen = events_of(orchestrator)
     _, outcome = run_study(config, orchestrator)
     trials = orchestrator.study.get_trials()

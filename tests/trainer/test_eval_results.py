@@ -4,7 +4,6 @@ removal, intervals (or why there are none), unseen-task utility, and every field
 import json
 
 import pytest
-import torch
 
 from aam_search.search.orchestrator import Orchestrator
 from aam_search.trainer.baseline import EVALUATION_VERSION, raw_baseline, summarize, worst_case
@@ -19,14 +18,6 @@ OLD_FIELDS = {
     "raw_leakage", "leakage_reduction", "leakage_reduction_above_chance", "utility_drop", "combined_score",
     "adapter_parameters", "runtime", "measured", "baseline",
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _leak(cmap: float, chance: float) -> dict:

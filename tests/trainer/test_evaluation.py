@@ -11,15 +11,6 @@ from aam_search.trainer.evaluation import attack, average_precision, linear_prob
 from aam_search.trainer.feature_eval import ATTACKERS, evaluate_privacy, evaluate_utility, pooled
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is much faster than two fighting on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------- average precision
 
 

@@ -44,15 +44,6 @@ RESULT_KEYS = {
 BATCH = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is much faster than two fighting on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _merge(base: dict, changes: dict) -> dict:
     out = dict(base)
     for key, value in changes.items():

@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 from .registry import IMAGENET_MEAN, IMAGENET_STD, EncoderError, FrozenEncoder, register_encoder
-from .torchvision_compat import import_torchvision
 from .weights import describe_keys
-from .videomae import _feature_config, _processor_normalisation, _square_size
+from .videomae import _feature_config, _processor_normalisation, _square_size, import_transformers
 
 POOLS = ("temporal", "mean", "none")
 _NAME = "hf"
@@ -51,17 +50,6 @@ TOKEN_LAYOUTS: dict[str, TokenLayout] = {
     "vivit": TokenLayout(cls_token=True, time_major=True),
     "vjepa2": TokenLayout(cls_token=False, time_major=True, frames_field="frames_per_clip", size_field="crop_size"),
 }
-
-
-def import_transformers(name: str) -> Any:
-    import_torchvision()  # a torchvision that does not match torch would break transformers' import
-    try:
-        import transformers
-    except ImportError as exc:
-        raise EncoderError(
-            f"encoder {name!r} needs the 'transformers' package: pip install 'aam-search[transformers]'"
-        ) from exc
-    return transformers
 
 
 class HFVideoTokens(nn.Module):

@@ -20,13 +20,14 @@ POOLS = ("temporal", "mean", "none")
 _NAME = "videomae"
 
 
-def _import_transformers() -> Any:
+def import_transformers(name: str) -> Any:
+    """transformers for encoder ``name``, or an error that says how to install it."""
     import_torchvision()  # a torchvision that does not match torch would break transformers' import
     try:
         import transformers
     except ImportError as exc:
         raise EncoderError(
-            f"encoder {_NAME!r} needs the 'transformers' package: pip install 'aam-search[transformers]'"
+            f"encoder {name!r} needs the 'transformers' package: pip install 'aam-search[transformers]'"
         ) from exc
     return transformers
 
@@ -99,7 +100,7 @@ def build_videomae(
         raise EncoderError(f"encoder {_NAME!r}: give exactly one of options 'model' (path or hub id) or 'config' (dict)")
     if pool not in POOLS:
         raise EncoderError(f"encoder {_NAME!r}: option 'pool' must be one of {list(POOLS)}, got {pool!r}")
-    transformers = _import_transformers()
+    transformers = import_transformers(_NAME)
 
     if model is not None:
         if not isinstance(model, str):
