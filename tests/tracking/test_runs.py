@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from aam_search.search.pareto import pareto_front
-from aam_search.tracking.params import final_metrics, flatten, study_params
+from aam_search.tracking.params import final_metrics, final_tags, flatten, study_params
 from aam_search.tracking.runs import PARENT_ATTR, StudyTracker
 from aam_search.tracking.store import experiment_name
 from tests.tracking.conftest import run_study, tiny_config
@@ -167,6 +167,40 @@ def test_final_metrics_read_result_json_values():
     assert metrics["utility"] == 0.5 and math.isnan(metrics["leakage"])
     assert metrics["leakage_static"] == 0.7 and metrics["leakage_static_mlp"] == 0.7
     assert metrics["task_scene"] == 0.25 and metrics["seconds"] == 3.0 and metrics["time/eval_s"] == 1.0
+
+
+def test_final_metrics_carry_above_chance_removal_and_intervals():
+    result = {"leakage_above_chance_removed": {"static": 0.6, "clip": 0.25, "worst": 0.25},
+              "leakage_reduction_by_protocol": {"static": 0.3, "clip": 0.05},
+              "leakage_reduction_above_chance": 0.25,
+              "ci": {"utility": [0.81, 0.93], "leakage": [0.7, 0.8], "leakage:static": [0.55, 0.65],
+                     "leakage:clip": None, "task:scene": [float("nan"), 0.4]}}
+    metrics = final_metrics(result)
+    assert metrics["leakage_above_chance_removed_static"] == 0.6
+    assert metrics["leakage_above_chance_removed_clip"] == metrics["leakage_above_chance_removed_worst"] == 0.25
+    assert metrics["leakage_reduction_above_chance"] == 0.25 and metrics["leakage_reduction_static"] == 0.3
+    assert (metrics["utility_ci_low"], metrics["utility_ci_high"]) == (0.81, 0.93)
+    assert (metrics["leakage_ci_low"], metrics["leakage_ci_high"]) == (0.7, 0.8)
+    assert (metrics["leakage_static_ci_low"], metrics["leakage_static_ci_high"]) == (0.55, 0.65)
+    assert not any(key.startswith(("leakage_clip_ci", "task_scene_ci")) for key in metrics)  # none, or not finite
+    assert final_tags({"ci_note": "utility: 4 videos < 10"}) == {"aam.ci_note": "utility: 4 videos < 10"}
+    assert final_tags(result) == {}
+
+
+def test_a_tracked_trial_run_carries_above_chance_removal_and_the_ci_note(tracked):
+    trials = {t.number: t for t in load_trials(tracked.storage, "tiny")}
+    for run in runs_of(tracked, "trial"):
+        trial = trials[int(run.data.tags["optuna.trial_number"])]
+        metrics = run.data.metrics
+        for key in ("leakage_above_chance_removed_static", "leakage_above_chance_removed_clip",
+                    "leakage_above_chance_removed_worst", "leakage_reduction_above_chance"):
+            assert key in metrics, key
+        removed = trial.user_attrs["leakage_above_chance_removed"]
+        assert metrics["leakage_above_chance_removed_static"] == pytest.approx(removed["static"])
+        assert trial.user_attrs["leakage_reduction_above_chance"] == pytest.approx(removed["worst"])
+        # The tiny cache has too few validation videos for intervals: the run says why instead.
+        assert "< 10" in run.data.tags["aam.ci_note"]
+        assert not any(key.endswith("_ci_low") for key in metrics)
 
 
 def test_a_failing_mlflow_does_not_stop_the_study(tracker, caplog, monkeypatch):

@@ -29,6 +29,7 @@ from aam_search.search.heartbeat import STALE_REASON, HeartbeatThread, fail_stal
 from aam_search.search.inputs import input_problem
 from aam_search.search.pareto import hypervolume, objective_value, pareto_front, reference_point
 from aam_search.search.recovery import Verdict, keep_result
+from aam_search.search.shown import result_attrs
 from aam_search.search.storage import StorageError
 from aam_search.search.study import (
     ATTEMPT,
@@ -323,8 +324,7 @@ class Orchestrator:
                 return (f"cannot check max_utility_drop: utility_drop is {result.get('utility_drop')!r} "
                         f"(raw utility {result.get('raw_utility')!r})")
             constraints["max_utility_drop"] = drop - self.config.max_utility_drop
-        attrs = {key: result.get(key) for key in
-                 ("utility", "leakage", "leakage_chance", "leakage_reduction", "utility_drop", "combined_score")}
+        attrs = result_attrs(result)
         attrs["seconds"] = result.get("timings", {}).get("total_s")
         return Verdict(values, attrs, constraints)
 

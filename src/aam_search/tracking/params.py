@@ -15,6 +15,7 @@ from aam_search.search.config import StudyConfig
 RESULT_METRICS = ("utility", "leakage", "leakage_chance", "raw_utility", "raw_leakage", "leakage_reduction",
                   "leakage_reduction_above_chance", "utility_drop", "combined_score", "adapter_parameters")
 MAX_PARAM = 6000
+CI_NOTE_TAG = "aam.ci_note"
 
 
 def metric_key(name: str) -> str:
@@ -68,6 +69,7 @@ def final_metrics(result: dict[str, Any]) -> dict[str, float]:
         gap = finite_float((summary or {}).get("group_gap"))
         if gap is not None:
             metrics[f"{metric_key(task)}_group_gap"] = gap
+    metrics.update(privacy_metrics(result))
     if (value := finite_float(measured.get("cotrained_top1"))) is not None:
         metrics["cotrained_top1"] = value
     seconds = finite_float((result.get("timings") or {}).get("total_s"))
@@ -77,6 +79,31 @@ def final_metrics(result: dict[str, Any]) -> dict[str, float]:
         if key != "total_s" and (number := finite_float(value)) is not None:
             metrics[f"time/{key}"] = number
     return metrics
+
+
+def privacy_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """Above-chance removal per protocol and worst (``leakage_above_chance_removed_static``...),
+    the relative reduction per protocol, and every bootstrap interval as ``<name>_ci_low`` /
+    ``<name>_ci_high`` (``utility_ci_low``, ``leakage_static_ci_high``...)."""
+    metrics: dict[str, float] = {}
+    for protocol, value in (result.get("leakage_above_chance_removed") or {}).items():
+        if (number := finite_float(value)) is not None:
+            metrics[f"leakage_above_chance_removed_{metric_key(protocol)}"] = number
+    for protocol, value in (result.get("leakage_reduction_by_protocol") or {}).items():
+        if (number := finite_float(value)) is not None:
+            metrics[f"leakage_reduction_{metric_key(protocol)}"] = number
+    for name, bounds in (result.get("ci") or {}).items():
+        if isinstance(bounds, (list, tuple)) and len(bounds) == 2:
+            low, high = finite_float(bounds[0]), finite_float(bounds[1])
+            if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+                metrics[f"{metric_key(name)}_ci_low"], metrics[f"{metric_key(name)}_ci_high"] = low, high
+    return metrics
+
+
+def final_tags(result: dict[str, Any]) -> dict[str, str]:
+    """Tags of a completed trial: ``aam.ci_note`` where intervals were left out, and why."""
+    note = result.get("ci_note")
+    return {CI_NOTE_TAG: str(note)[:MAX_PARAM]} if note else {}
 
 
 def study_params(config: StudyConfig, space: Any, base_trial: dict[str, Any]) -> dict[str, str]:

@@ -42,7 +42,8 @@ from aam_search.search.config import StudyConfig
 from aam_search.search.pareto import feasible, pareto_front
 from aam_search.search.study import ATTEMPT, REASON, SLOT, counted
 from aam_search.tracking import importance
-from aam_search.tracking.params import MAX_PARAM, finite_float, final_metrics, flatten, metric_key, study_params
+from aam_search.tracking.params import (MAX_PARAM, final_metrics, final_tags, finite_float, flatten, metric_key,
+                                        study_params)
 from aam_search.tracking.plots import (
     TrialPoint,
     hypervolume_csv,
@@ -234,7 +235,7 @@ class StudyTracker:
         number = payload["number"]
         run = self.runs.pop(number, None) or TrialRun(self._create_trial_run(number, "RUNNING"), None)
         result = payload.get("result") or {}
-        self._log(run.run_id, metrics=final_metrics(result), tags={STATE_TAG: "COMPLETE"})
+        self._log(run.run_id, metrics=final_metrics(result), tags={STATE_TAG: "COMPLETE", **final_tags(result)})
         self._log_trial_files(run)
         self.client.set_terminated(run.run_id, status="FINISHED")
         self._refresh(hypervolume=payload.get("hypervolume"))
