@@ -122,6 +122,7 @@ def _trial_rows(study, objectives: list[str], only_front: bool) -> list[dict[str
 
     from aam_search.search.heartbeat import failure_reason
     from aam_search.search.pareto import pareto_front
+    from aam_search.search.shown import row_fields
     from aam_search.search.study import counted
 
     everything = study.get_trials(deepcopy=False)
@@ -134,6 +135,7 @@ def _trial_rows(study, objectives: list[str], only_front: bool) -> list[dict[str
         row.update(dict(zip(objectives, trial.values or [None] * len(objectives), strict=True)))
         for key in ("leakage_reduction", "utility_drop", "combined_score", "aam:reason"):
             row[key.removeprefix("aam:")] = trial.user_attrs.get(key)
+        row.update(row_fields(trial.user_attrs, objectives))
         if trial.state == TrialState.FAIL:
             row["reason"] = failure_reason(trial)
         row.update({f"param:{k}": v for k, v in trial.params.items()})

@@ -10,19 +10,21 @@ from rich.live import Live
 from rich.table import Table
 
 from aam_search.search.pareto import pareto_front
+from aam_search.search.shown import ABOVE_CHANCE, interval, with_interval
 
 
 def front_table(trials: list, objectives: list[str], title: str = "Pareto front") -> Table:
     table = Table(title=title)
-    for column in ("trial", *objectives, "leak red.", "util drop", "params"):
+    for column in ("trial", *objectives, "leak red.", "above chance", "util drop", "params"):
         table.add_column(column, justify="right" if column != "params" else "left")
     for trial in pareto_front(trials, objectives):
         attrs = trial.user_attrs
         shown_params = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(trial.params.items()))
         table.add_row(
             str(trial.number),
-            *(_short(v) for v in trial.values),
+            *(with_interval(v, interval(attrs, name)) for name, v in zip(objectives, trial.values, strict=False)),
             _percent(attrs.get("leakage_reduction")),
+            _percent(attrs.get(ABOVE_CHANCE)),
             _percent(attrs.get("utility_drop")),
             shown_params,
         )
@@ -80,8 +82,10 @@ class StudyView:
             self.counts["completed"] += 1
             self.hypervolume = payload["hypervolume"]
             result = payload["result"]
+            removed = result.get(ABOVE_CHANCE)
+            removed = f", above-chance leakage removed {_percent(removed)}" if removed is not None else ""
             self.log(f"trial {number} completed: utility {result['utility']:.3f}, leakage "
-                     f"{result['leakage']:.3f}, hypervolume {self.hypervolume:.4f}")
+                     f"{result['leakage']:.3f}{removed}, hypervolume {self.hypervolume:.4f}")
         elif event == "failed":
             self.running.pop(number, None)
             self.counts["failed"] += 1
