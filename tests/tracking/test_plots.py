@@ -65,3 +65,35 @@ def test_pngs_and_tables(tmp_path):
     assert table[4]["state"] == "FAIL" and table[4]["reason"].startswith("diverged") and table[4]["utility"] is None
     written = list(csv.DictReader(open(write_csv(table, tmp_path / "t.csv"))))
     assert [r["pareto"] for r in written] == ["True", "True", "False", "False", "False"]
+
+
+CI_ATTRS = {"leakage_chance": 0.5, "leakage_reduction_above_chance": 0.375,
+            "ci": {"utility": [0.74, 0.86], "leakage": [0.55, 0.66]}}
+WITH_CI = [
+    TrialPoint(0, "COMPLETE", [0.80, 0.60], on_front=True, attrs=CI_ATTRS),
+    TrialPoint(1, "COMPLETE", [0.70, 0.30], on_front=True, attrs={"leakage_chance": 0.5}),
+]
+
+
+def test_svg_page_draws_the_chance_level_error_bars_and_above_chance_removal():
+    page = svg_page(WITH_CI, OBJECTIVES, BASELINE, "t")
+    parser = Collector()
+    parser.feed(page)
+    hovers = "\n".join(parser.titles)
+    assert 'class="chance" data-chance="0.5"' in page and "chance level 0.5" in hovers
+    assert page.count('class="ci"') == 2  # trial 0's two intervals; trial 1 has none
+    assert "utility: 0.8 [0.74, 0.86]" in hovers and "leakage: 0.6 [0.55, 0.66]" in hovers
+    assert "above-chance leakage removed: +37.5%" in hovers
+    assert "<th>above-chance removed</th>" in page and "<td>+37.5%</td>" in page
+    assert "raw features" in hovers  # the raw point is still drawn
+    assert 'class="chance"' not in svg_page(POINTS, OBJECTIVES, BASELINE, "t")  # no chance known, no line
+
+
+def test_png_figure_draws_the_chance_level_and_error_bars():
+    from aam_search.tracking.plots import pareto_figure
+
+    axes = pareto_figure(WITH_CI, OBJECTIVES, BASELINE, "t").axes[0]
+    chance = [line for line in axes.get_lines() if line.get_label().startswith("chance")]
+    assert len(chance) == 1 and list(chance[0].get_xdata()) == [0.5, 0.5]  # leakage across: a vertical line
+    assert axes.containers, "error bars from the intervals"
+    assert trial_rows(WITH_CI, OBJECTIVES)[0]["leakage_reduction_above_chance"] == 0.375

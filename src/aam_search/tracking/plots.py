@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aam_search.search.shown import ABOVE_CHANCE, chance_of, interval
 from aam_search.search.study import objective_direction
 from aam_search.trainer.reporter import finite_number
 
@@ -44,10 +45,30 @@ def _label(name: str) -> str:
     return f"{name} ({arrow})"
 
 
-
-
 def _completed(points: Sequence[TrialPoint]) -> list[TrialPoint]:
     return [p for p in points if p.state == "COMPLETE" and p.values]
+
+
+def chance_levels(points: Sequence[TrialPoint], objectives: Sequence[str]) -> dict[str, float]:
+    """Objective -> its chance level (leakage objectives only), from the trials' attributes."""
+    levels: dict[str, float] = {}
+    for point in _completed(points):
+        for name in objectives:
+            if name not in levels and (level := chance_of(point.attrs, name)) is not None:
+                levels[name] = level
+    return levels
+
+
+def _errors(group: Sequence[TrialPoint], name: str, index: int) -> list[list[float]] | None:
+    """[below, above] error-bar lengths of objective ``name`` from the intervals, or None without any."""
+    below, above, any_interval = [], [], False
+    for point in group:
+        bounds = interval(point.attrs, name)
+        value = point.values[index]
+        any_interval |= bounds is not None
+        below.append(max(0.0, value - bounds[0]) if bounds else 0.0)
+        above.append(max(0.0, bounds[1] - value) if bounds else 0.0)
+    return [below, above] if any_interval else None
 
 
 def _front_line(front: list[TrialPoint], xi: int, yi: int) -> list[tuple[float, float]]:
@@ -57,11 +78,13 @@ def _front_line(front: list[TrialPoint], xi: int, yi: int) -> list[tuple[float, 
 def _hover(point: TrialPoint, objectives: Sequence[str]) -> str:
     lines = [f"trial {point.number}" + (" (Pareto front)" if point.on_front else "")
              + ("" if point.feasible else " (infeasible)")]
-    lines += [f"{name}: {value:.4g}" for name, value in zip(objectives, point.values or [], strict=False)]
-    for key in ("utility_drop", "leakage_reduction"):
+    for name, value in zip(objectives, point.values or [], strict=False):
+        bounds = interval(point.attrs, name)
+        lines.append(f"{name}: {value:.4g}" + (f" [{bounds[0]:.3g}, {bounds[1]:.3g}]" if bounds else ""))
+    for key in ("utility_drop", "leakage_reduction", ABOVE_CHANCE):
         value = finite_number(point.attrs.get(key))
         if value is not None:
-            lines.append(f"{key}: {100 * value:+.1f}%")
+            lines.append(f"{'above-chance leakage removed' if key == ABOVE_CHANCE else key}: {100 * value:+.1f}%")
     lines += [f"{name} = {value}" for name, value in sorted(point.params.items())]
     if point.run_id:
         lines.append(f"MLflow run {point.run_id}")
@@ -76,7 +99,7 @@ def trial_rows(points: Sequence[TrialPoint], objectives: Sequence[str]) -> list[
                                "feasible": point.feasible}
         values = point.values or [None] * len(objectives)
         row.update(dict(zip(objectives, values, strict=True)))
-        for key in ("utility_drop", "leakage_reduction", "combined_score", "aam:slot", "aam:reason"):
+        for key in ("utility_drop", "leakage_reduction", ABOVE_CHANCE, "combined_score", "aam:slot", "aam:reason"):
             row[key.removeprefix("aam:")] = point.attrs.get(key)
         row["mlflow_run_id"] = point.run_id
         row.update({f"param:{name}": value for name, value in sorted(point.params.items())})
@@ -108,6 +131,12 @@ def _figure(width: float = 7.0, height: float = 4.8):
 
 def pareto_png(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: dict[str, float],
                path: Path, title: str) -> Path:
+    pareto_figure(points, objectives, baseline, title).savefig(path)
+    return path
+
+
+def pareto_figure(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: dict[str, float], title: str):
+    """The front as a matplotlib figure: points with their intervals, the raw point, the chance level."""
     xi, yi = _axes(objectives)
     figure = _figure()
     axes = figure.add_subplot()
@@ -121,6 +150,16 @@ def pareto_png(points: Sequence[TrialPoint], objectives: Sequence[str], baseline
     if infeasible:
         axes.scatter([p.values[xi] for p in infeasible], [p.values[yi] for p in infeasible],
                      marker="x", c="#9aa0a6", s=28, label="infeasible")
+    for group in (dominated, front):
+        x_err, y_err = _errors(group, objectives[xi], xi), _errors(group, objectives[yi], yi)
+        if group and (x_err or y_err):
+            axes.errorbar([p.values[xi] for p in group], [p.values[yi] for p in group], xerr=x_err, yerr=y_err,
+                          fmt="none", ecolor="#d93025" if group is front else "#9aa0a6", alpha=0.5, lw=1)
+    levels = chance_levels(points, objectives)
+    if objectives[xi] in levels:
+        axes.axvline(levels[objectives[xi]], c="#5f6368", ls="--", lw=1, label=f"chance ({levels[objectives[xi]]:.3g})")
+    if yi != xi and objectives[yi] in levels:
+        axes.axhline(levels[objectives[yi]], c="#5f6368", ls="--", lw=1, label=f"chance ({levels[objectives[yi]]:.3g})")
     if front:
         line = _front_line(front, xi, yi)
         axes.plot([x for x, _ in line], [y for _, y in line], c="#d93025", lw=1, alpha=0.6, drawstyle="steps-post")
@@ -138,8 +177,7 @@ def pareto_png(points: Sequence[TrialPoint], objectives: Sequence[str], baseline
     if done or raw[0] is not None:
         axes.legend(fontsize=8, loc="best")
     figure.tight_layout()
-    figure.savefig(path)
-    return path
+    return figure
 
 
 def hypervolume_png(history: Sequence[Sequence[float]], path: Path, title: str) -> Path:
@@ -209,15 +247,27 @@ def _plotly_html(points, objectives, baseline, path: Path, title: str) -> Path:
                 x=[p.values[xi] for p in group], y=[p.values[yi] for p in group], name=name,
                 mode="lines+markers" if name == "Pareto front" else "markers",
                 line={"shape": "hv", "width": 1}, marker={"color": colour, "symbol": symbol, "size": 9},
+                error_x=_plotly_errors(group, objectives[xi], xi), error_y=_plotly_errors(group, objectives[yi], yi),
                 text=[_hover(p, objectives).replace("\n", "<br>") for p in group], hoverinfo="text"))
     raw = (finite_number(baseline.get(objectives[xi])), finite_number(baseline.get(objectives[yi])))
     if raw[0] is not None and raw[1] is not None:
         figure.add_trace(go.Scatter(x=[raw[0]], y=[raw[1]], name="raw features", mode="markers",
                                     marker={"color": "black", "symbol": "star", "size": 14}))
+    levels = chance_levels(points, objectives)
+    if objectives[xi] in levels:
+        figure.add_vline(x=levels[objectives[xi]], line_dash="dash", annotation_text="chance")
+    if yi != xi and objectives[yi] in levels:
+        figure.add_hline(y=levels[objectives[yi]], line_dash="dash", annotation_text="chance")
     figure.update_layout(title=title, xaxis_title=_label(objectives[xi]), yaxis_title=_label(objectives[yi]),
                          template="plotly_white")
     figure.write_html(str(path), include_plotlyjs=True, full_html=True)
     return path
+
+
+def _plotly_errors(group: Sequence[TrialPoint], name: str, index: int) -> dict[str, Any] | None:
+    errors = _errors(group, name, index)
+    return None if errors is None else {"type": "data", "symmetric": False, "arrayminus": errors[0],
+                                        "array": errors[1], "thickness": 1}
 
 
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -240,8 +290,12 @@ def svg_page(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: 
     raw = (finite_number(baseline.get(objectives[xi])), finite_number(baseline.get(objectives[yi])))
     xs = [p.values[xi] for p in done] + ([raw[0]] if raw[0] is not None and raw[1] is not None else [])
     ys = [p.values[yi] for p in done] + ([raw[1]] if raw[0] is not None and raw[1] is not None else [])
+    levels = chance_levels(points, objectives)
+    chance_x = levels.get(objectives[xi])
+    chance_y = levels.get(objectives[yi]) if yi != xi else None
     if not xs:
         xs, ys = [0.0, 1.0], [0.0, 1.0]
+    xs, ys = xs + ([chance_x] if chance_x is not None else []), ys + ([chance_y] if chance_y is not None else [])
     x_low, x_high = min(xs), max(xs)
     y_low, y_high = min(ys), max(ys)
     x_pad = (x_high - x_low) * 0.08 or 0.05
@@ -273,6 +327,20 @@ def svg_page(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: 
     parts.append(f'<text transform="translate(16 {(top + height - bottom) / 2}) rotate(-90)" '
                  f'text-anchor="middle" font-size="12">{html.escape(_label(objectives[yi]))}</text>')
     front = [p for p in done if p.on_front]
+    for level, vertical in ((chance_x, True), (chance_y, False)):
+        if level is not None:
+            ends = (f'x1="{sx(level):.1f}" y1="{top}" x2="{sx(level):.1f}" y2="{height - bottom}"' if vertical else
+                    f'x1="{left}" y1="{sy(level):.1f}" x2="{width - right}" y2="{sy(level):.1f}"')
+            parts.append(f'<g class="chance" data-chance="{level:.6g}"><title>chance level {level:.4g}</title>'
+                         f'<line {ends} stroke="#5f6368" stroke-dasharray="5,4"/></g>')
+    for point in done:  # error bars from the bootstrap intervals
+        px, py = sx(point.values[xi]), sy(point.values[yi])
+        if (bounds := interval(point.attrs, objectives[xi])) is not None:
+            parts.append(f'<line class="ci" x1="{sx(bounds[0]):.1f}" y1="{py:.1f}" x2="{sx(bounds[1]):.1f}" '
+                         f'y2="{py:.1f}" stroke="#9aa0a6"/>')
+        if yi != xi and (bounds := interval(point.attrs, objectives[yi])) is not None:
+            parts.append(f'<line class="ci" x1="{px:.1f}" y1="{sy(bounds[0]):.1f}" x2="{px:.1f}" '
+                         f'y2="{sy(bounds[1]):.1f}" stroke="#9aa0a6"/>')
     if front:
         line = _front_line(front, xi, yi)
         steps = [f"{sx(line[0][0]):.1f},{sy(line[0][1]):.1f}"]
@@ -300,11 +368,11 @@ def svg_page(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: 
                      f'{html.escape(objectives[yi])}: {raw[1]:.4g}</title><polygon points="{star}" fill="black"/></g>')
     parts.append("</svg>")
 
-    head = ["trial", *objectives, "utility drop", "leakage reduction", "parameters"]
+    head = ["trial", *objectives, "utility drop", "leakage reduction", "above-chance removed", "parameters"]
     rows = []
     for point in sorted(front, key=lambda p: p.values[xi]):
         cells = [str(point.number), *(f"{v:.4g}" for v in point.values)]
-        for key in ("utility_drop", "leakage_reduction"):
+        for key in ("utility_drop", "leakage_reduction", ABOVE_CHANCE):
             value = finite_number(point.attrs.get(key))
             cells.append("-" if value is None else f"{100 * value:+.1f}%")
         cells.append(", ".join(f"{k}={v}" for k, v in sorted(point.params.items())))
@@ -324,7 +392,8 @@ td:last-child {{ text-align: left; }}
 </style></head><body>
 <h3>{html.escape(title)}</h3>
 <p>Trials: {html.escape(summary or "none yet")}. Red: the Pareto front (hover a point for its trial,
-values and parameters); black star: raw features (the identity adapter).</p>
+values and parameters); black star: raw features (the identity adapter); dashed line: the chance
+level of leakage (cMAP cannot fall below it); grey bars: bootstrap intervals.</p>
 {"".join(parts)}
 <table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>{"".join(rows)}</table>
 <script type="application/json" id="trials">{data}</script>
