@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from aam_search.search.study import objective_direction
 from aam_search.tracking.params import metric_key
-from aam_search.tracking.plots import importance_png, write_csv
+from aam_search.tracking.plots import figure_canvas, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -118,3 +118,23 @@ def write_importances(trials: Sequence[FrozenTrial], objectives: Sequence[str], 
         logger.info("no parameter importances after %d completed trials: %s", done, error)
         return {}
     return importance_metrics(importances)
+
+
+def importance_png(importances: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    """One horizontal bar chart per objective: each parameter's share of its variance."""
+    objectives = list(importances)
+    params = max((len(values) for values in importances.values()), default=1)
+    figure = figure_canvas(4.2 * max(1, len(objectives)), 1.4 + 0.35 * params)
+    for index, name in enumerate(objectives):
+        axes = figure.add_subplot(1, max(1, len(objectives)), index + 1)
+        ranked = sorted(importances[name].items(), key=lambda item: item[1])
+        axes.barh([param for param, _ in ranked], [value for _, value in ranked], color="#1a73e8")
+        axes.set_xlim(0, 1)
+        axes.set_xlabel("importance (fANOVA)")
+        axes.set_title(name, fontsize=10)
+        axes.grid(axis="x", alpha=0.3)
+        axes.tick_params(axis="y", labelsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path

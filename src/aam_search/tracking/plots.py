@@ -120,7 +120,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str] | None 
 
 
 # ---------------------------------------------------------------- matplotlib
-def _figure(width: float = 7.0, height: float = 4.8):
+def figure_canvas(width: float = 7.0, height: float = 4.8):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -138,7 +138,7 @@ def pareto_png(points: Sequence[TrialPoint], objectives: Sequence[str], baseline
 def pareto_figure(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: dict[str, float], title: str):
     """The front as a matplotlib figure: points with their intervals, the raw point, the chance level."""
     xi, yi = _axes(objectives)
-    figure = _figure()
+    figure = figure_canvas()
     axes = figure.add_subplot()
     done = _completed(points)
     dominated = [p for p in done if not p.on_front and p.feasible]
@@ -181,7 +181,7 @@ def pareto_figure(points: Sequence[TrialPoint], objectives: Sequence[str], basel
 
 
 def hypervolume_png(history: Sequence[Sequence[float]], path: Path, title: str) -> Path:
-    figure = _figure(6.0, 3.6)
+    figure = figure_canvas(6.0, 3.6)
     axes = figure.add_subplot()
     if history:
         axes.plot([h[0] for h in history], [h[1] for h in history], marker="o", ms=3, c="#1a73e8")
@@ -189,26 +189,6 @@ def hypervolume_png(history: Sequence[Sequence[float]], path: Path, title: str) 
     axes.set_ylabel("hypervolume")
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path)
-    return path
-
-
-def importance_png(importances: dict[str, dict[str, float]], path: Path, title: str) -> Path:
-    """One horizontal bar chart per objective: each parameter's share of its variance."""
-    objectives = list(importances)
-    params = max((len(values) for values in importances.values()), default=1)
-    figure = _figure(4.2 * max(1, len(objectives)), 1.4 + 0.35 * params)
-    for index, name in enumerate(objectives):
-        axes = figure.add_subplot(1, max(1, len(objectives)), index + 1)
-        ranked = sorted(importances[name].items(), key=lambda item: item[1])
-        axes.barh([param for param, _ in ranked], [value for _, value in ranked], color="#1a73e8")
-        axes.set_xlim(0, 1)
-        axes.set_xlabel("importance (fANOVA)")
-        axes.set_title(name, fontsize=10)
-        axes.grid(axis="x", alpha=0.3)
-        axes.tick_params(axis="y", labelsize=8)
-    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path)
     return path
