@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from aam_search.cli_study import starter_config
 from aam_search.data.synth import synthesize
 from aam_search.data.synth_alt import synthesize_alt
@@ -100,8 +102,10 @@ def study_report(generator: str, orchestrator: Orchestrator, seconds: float) -> 
             keys[f"{generator}_{protocol}_removed"] = "none"
             continue
         # The best removal; ties go to the earlier trial (the one that reached it first).
-        number, result = max(eligible.items(),
-                             key=lambda item: (item[1]["leakage_above_chance_removed"].get(protocol, -math.inf), -item[0]))
+        def rank(item: tuple[int, dict[str, Any]]) -> tuple[float, int]:
+            return item[1]["leakage_above_chance_removed"].get(protocol, -math.inf), -item[0]
+
+        number, result = max(eligible.items(), key=rank)
         removed = result["leakage_above_chance_removed"][protocol]
         cmap, raw, chance, ci = leak_of(result, protocol)
         span = removal_interval(ci, raw, chance)
@@ -114,13 +118,13 @@ def study_report(generator: str, orchestrator: Orchestrator, seconds: float) -> 
     try:
         chosen, rule = choose_trial(trials, config.objectives, max_utility_drop=MAX_DROP)
         folder = trial_out_dir(config, chosen.number)
-        import yaml
-
         test = evaluate_on_test(folder / "adapter.safetensors", yaml.safe_load((folder / "trial.yaml").read_text()))
         promoted = (f"{generator}: promoted trial {chosen.number} ({rule}); test utility "
-                    f"{test.get('test_utility', math.nan):.3f} (drop {100 * test.get('test_utility_drop', math.nan):+.1f}%), "
+                    f"{test.get('test_utility', math.nan):.3f} "
+                    f"(drop {100 * test.get('test_utility_drop', math.nan):+.1f}%), "
                     f"test leakage static {test.get('test_leakage_static', math.nan):.3f} / clip "
-                    f"{test.get('test_leakage_clip', math.nan):.3f} (raw worst {test.get('test_raw_leakage', math.nan):.3f}, "
+                    f"{test.get('test_leakage_clip', math.nan):.3f} "
+                    f"(raw worst {test.get('test_raw_leakage', math.nan):.3f}, "
                     f"chance {test.get('test_leakage_chance', math.nan):.3f}), worst-case above-chance removed on test "
                     f"{100 * test.get('test_leakage_reduction_above_chance', math.nan):.0f}%")
         keys[f"{generator}_promoted"] = chosen.number

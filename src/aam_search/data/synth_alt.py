@@ -152,9 +152,11 @@ def render_alt(row: AltRow, *, seed: int, frames: int, size: int) -> np.ndarray:
     head_cov = np.clip(head_r - np.hypot(dx, head_dy) + 0.5, 0, 1)
     image += head_cov[..., None] * (head_rgb - image)
     if attrs["hat"]:  # a brim and a crown above the head
-        brim = np.clip(np.minimum(1.4 * head_r - np.abs(dx), 0.18 * head_r - np.abs(head_dy + 0.9 * head_r)) + 0.5, 0, 1)
-        crown = np.clip(np.minimum(0.8 * head_r - np.abs(dx), 0.5 * head_r - np.abs(head_dy + 1.5 * head_r)) + 0.5, 0, 1)
-        hat = np.maximum(brim, crown)
+        def box(half_w: float, half_h: float, up: float) -> np.ndarray:
+            inside = np.minimum(half_w * head_r - np.abs(dx), half_h * head_r - np.abs(head_dy + up * head_r))
+            return np.clip(inside + 0.5, 0, 1)
+
+        hat = np.maximum(box(1.4, 0.18, 0.9), box(0.8, 0.5, 1.5))  # brim, crown
         image += hat[..., None] * (hat_rgb - image)
     image *= np.float32(rng.uniform(0.75, 1.25))
     noise = np.random.default_rng(int(rng.integers(0, 2**31 - 1))).standard_normal(image.shape, dtype=np.float32)
