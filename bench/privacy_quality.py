@@ -110,7 +110,7 @@ def study_report(generator: str, orchestrator: Orchestrator, seconds: float) -> 
         cmap, raw, chance, ci = leak_of(result, protocol)
         span = removal_interval(ci, raw, chance)
         cells += [f"{100 * removed:.0f}% " + (f"[{100 * span[0]:.0f}%, {100 * span[1]:.0f}%]" if span else "n/a"),
-                  f"{cmap:.3f} {interval(ci)}", f"{result['utility']:.3f} ({100 * result['utility_drop']:+.1f}%)",
+                  f"{cmap:.3f} {interval(ci)}", f"{result['utility']:.3f} (drop {100 * result['utility_drop']:.1f}%)",
                   f"{number} ({number + 1} trials)"]
         lines.append("| " + " | ".join(cells) + " |")
         keys[f"{generator}_{protocol}_removed"] = round(removed, 3)
@@ -121,7 +121,7 @@ def study_report(generator: str, orchestrator: Orchestrator, seconds: float) -> 
         test = evaluate_on_test(folder / "adapter.safetensors", yaml.safe_load((folder / "trial.yaml").read_text()))
         promoted = (f"{generator}: promoted trial {chosen.number} ({rule}); test utility "
                     f"{test.get('test_utility', math.nan):.3f} "
-                    f"(drop {100 * test.get('test_utility_drop', math.nan):+.1f}%), "
+                    f"(drop {100 * test.get('test_utility_drop', math.nan):.1f}%), "
                     f"test leakage static {test.get('test_leakage_static', math.nan):.3f} / clip "
                     f"{test.get('test_leakage_clip', math.nan):.3f} "
                     f"(raw worst {test.get('test_raw_leakage', math.nan):.3f}, "
