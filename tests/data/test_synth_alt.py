@@ -84,5 +84,8 @@ def test_cli_writes_the_alt_generator_and_refuses_a_bias(tmp_path: Path) -> None
     main(["data", "synth", "--out", str(tmp_path / "d"), "--videos", "4", "--frames", "8", "--size", "32",
           "--generator", "alt"])
     assert "attr:hat" in (tmp_path / "d" / "manifest.csv").read_text().splitlines()[0]
+    main(["data", "synth", "--out", str(tmp_path / "f"), "--videos", "4", "--frames", "8", "--size", "32",
+          "--bias", "0.9"])  # the default generator still takes its bias
+    assert "attr:skin_dark" in (tmp_path / "f" / "manifest.csv").read_text().splitlines()[0]
     with pytest.raises(SystemExit, match="--bias"):
         main(["data", "synth", "--out", str(tmp_path / "e"), "--videos", "4", "--generator", "alt", "--bias", "0.9"])
