@@ -53,19 +53,18 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     from rich.progress import Progress
 
     from aam_search.data.synth import synthesize
+    from aam_search.data.synth_alt import synthesize_alt
 
+    if args.generator == "alt" and args.bias is not None:
+        raise SystemExit("--bias: only the default generator has a group-action bias, not --generator alt")
     with Progress(console=errors, transient=True) as bar:
         task = bar.add_task("writing videos", total=args.videos)
-        report = synthesize(
-            Path(args.out),
-            args.videos,
-            seed=args.seed,
-            bias=args.bias,
-            images=args.images,
-            frames=args.frames,
-            size=args.size,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
+        common = dict(seed=args.seed, images=args.images, frames=args.frames, size=args.size,
+                      progress=lambda done, total: bar.update(task, completed=done, total=total))
+        if args.generator == "alt":
+            report = synthesize_alt(Path(args.out), args.videos, **common)
+        else:
+            report = synthesize(Path(args.out), args.videos, bias=args.bias, **common)
     console.print(f"wrote [bold]{report.manifest}[/]")
     table = Table("split", "videos", "images")
     for split, count in report.videos_per_split.items():
@@ -239,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--images", type=int, default=0, help="privacy-only image rows (VISPR-like)")
     synth.add_argument("--frames", type=int, default=48)
     synth.add_argument("--size", type=int, default=64)
+    synth.add_argument("--generator", choices=["default", "alt"], default="default",
+                       help="alt: another actor, attributes (hat, dotted, dark, tiled) and actions")
     synth.set_defaults(func=cmd_data_synth)
 
     imp = data.add_parser("import", help="turn a public dataset's annotation files into a manifest")
