@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Literal
+from collections.abc import Sequence
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -185,30 +186,13 @@ def _per_split(rows: list[SampleLabels], kind: str) -> dict[str, int]:
     return {split: sum(r.kind == kind and r.split == split for r in rows) for split in SPLITS}
 
 
-def synthesize(out_dir: Path, videos: int = 240, *, seed: int = 0, bias: float | None = None,
-               images: int = 0, frames: int = 48, size: int = 64, fps: int = 16,
-               split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-               progress: Callable[[int, int], None] | None = None) -> SynthReport:
-    """Render and encode a synthetic dataset into `out_dir`; deterministic for a seed.
-
-    Writes `videos/NNNNNN.mp4`, `images/NNNNNN.png`, `manifest.csv` (paths relative to
-    `out_dir`, empty cells for missing labels) and `synth.json` (parameters and classes).
-    """
+def write_samples(out_dir: Path, rows: Sequence[Any], render: Callable[[Any], np.ndarray], fps: int,
+                  progress: Callable[[int, int], None] | None = None) -> None:
+    """Render and write every row (``.kind`` video or image, ``.path`` under ``out_dir``)."""
     from PIL import Image  # imported here: only writing needs it
 
-    if size < 16 or size % 2:
-        raise ValueError(f"size must be an even number >= 16 (yuv420p), got {size}")
-    if frames < 1 or fps < 1:
-        raise ValueError("frames and fps must be positive")
-    out_dir = Path(out_dir)
-    rows = sample_labels(videos, images, seed=seed, bias=bias, split_fractions=split_fractions)
-    if videos:
-        (out_dir / "videos").mkdir(parents=True, exist_ok=True)
-    if images:
-        (out_dir / "images").mkdir(parents=True, exist_ok=True)
-
-    def write_row(row: SampleLabels) -> None:
-        pixels = render_row(row, seed=seed, frames=frames, size=size)
+    def write_row(row: Any) -> None:
+        pixels = render(row)
         if row.kind == "video":
             encode_mp4(out_dir / row.path, pixels, fps)
         else:
@@ -220,6 +204,29 @@ def synthesize(out_dir: Path, videos: int = 240, *, seed: int = 0, bias: float |
         for done, _ in enumerate(pool.map(write_row, rows), start=1):
             if progress is not None:
                 progress(done, len(rows))
+
+
+def synthesize(out_dir: Path, videos: int = 240, *, seed: int = 0, bias: float | None = None,
+               images: int = 0, frames: int = 48, size: int = 64, fps: int = 16,
+               split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+               progress: Callable[[int, int], None] | None = None) -> SynthReport:
+    """Render and encode a synthetic dataset into `out_dir`; deterministic for a seed.
+
+    Writes `videos/NNNNNN.mp4`, `images/NNNNNN.png`, `manifest.csv` (paths relative to
+    `out_dir`, empty cells for missing labels) and `synth.json` (parameters and classes).
+    """
+    if size < 16 or size % 2:
+        raise ValueError(f"size must be an even number >= 16 (yuv420p), got {size}")
+    if frames < 1 or fps < 1:
+        raise ValueError("frames and fps must be positive")
+    out_dir = Path(out_dir)
+    rows = sample_labels(videos, images, seed=seed, bias=bias, split_fractions=split_fractions)
+    if videos:
+        (out_dir / "videos").mkdir(parents=True, exist_ok=True)
+    if images:
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+
+    write_samples(out_dir, rows, lambda row: render_row(row, seed=seed, frames=frames, size=size), fps, progress)
 
     manifest = out_dir / "manifest.csv"
     with manifest.open("w", newline="") as fh:

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from aam_search.data.synth import SPLITS, _assign_splits, encode_mp4
+from aam_search.data.synth import SPLITS, _assign_splits, write_samples
 
 __all__ = ["ALT_ACTIONS", "ALT_ATTRS", "ALT_COLUMNS", "ALT_UNSEEN_TASKS", "DIRECTIONS", "AltRow", "AltReport",
            "alt_labels", "render_alt", "synthesize_alt"]
@@ -172,8 +170,6 @@ def synthesize_alt(out_dir: Path, videos: int = 240, *, seed: int = 0, images: i
 
     Writes `videos/NNNNNN.mp4`, `images/NNNNNN.png`, `manifest.csv` and `synth.json`.
     """
-    from PIL import Image
-
     if size < 16 or size % 2:
         raise ValueError(f"size must be an even number >= 16 (yuv420p), got {size}")
     if frames < 1 or fps < 1:
@@ -184,17 +180,7 @@ def synthesize_alt(out_dir: Path, videos: int = 240, *, seed: int = 0, images: i
         if count:
             (out_dir / kind).mkdir(parents=True, exist_ok=True)
 
-    def write_row(row: AltRow) -> None:
-        pixels = render_alt(row, seed=seed, frames=frames, size=size)
-        if row.kind == "video":
-            encode_mp4(out_dir / row.path, pixels, fps)
-        else:
-            Image.fromarray(pixels).save(out_dir / row.path, format="PNG")
-
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for done, _ in enumerate(pool.map(write_row, rows), start=1):
-            if progress is not None:
-                progress(done, len(rows))
+    write_samples(out_dir, rows, lambda row: render_alt(row, seed=seed, frames=frames, size=size), fps, progress)
     manifest = out_dir / "manifest.csv"
     with manifest.open("w", newline="") as fh:
         writer = csv.writer(fh)
