@@ -153,6 +153,7 @@ def test_the_study_names_its_objectives(tmp_path):
 @pytest.mark.parametrize("url, shown", [
     (f"postgresql+psycopg2://me:s3cret@127.0.0.1:{closed_port()}/aam", "postgresql+psycopg2://me:***@127.0.0.1:"),
     ("nosuchdb://me:s3cret@host/aam", "nosuchdb://me:***@host/aam"),
+    (f"postgresql+psycopg2://me@127.0.0.1:{closed_port()}/aam?password=s3cret", "aam?password=***"),
     ("not a url at all", "not a url at all"),
 ])
 def test_a_wrong_or_unreachable_storage_url_is_one_line(url, shown, tmp_path, capsys):

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aam_search.redact import scrub
+
 T = TypeVar("T")
 LOCK_TIMEOUT_S = 120.0
 # Errors of a schema creation that raced with another one (Optuna, MLflow, foreign openers).
@@ -90,13 +92,7 @@ class Database:
     def failure(self, error: BaseException) -> StorageError:
         """One line for an error of a driver, SQLAlchemy, Optuna or MLflow (no password in it)."""
         text = str(error).strip()
-        reason = text.splitlines()[0] if text else type(error).__name__
-        with contextlib.suppress(Exception):
-            from sqlalchemy.engine import make_url
-
-            password = make_url(self.url).password
-            if password:
-                reason = reason.replace(str(password), "***")
+        reason = scrub(text.splitlines()[0] if text else type(error).__name__, self.url)
         return StorageError(f"cannot open the {self.kind.role} {self.name}: {reason[:400]}")
 
 
