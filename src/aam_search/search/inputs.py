@@ -9,20 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aam_search.features.cache import FEATURES_FILE, LABELS_FILE, CacheError, FeatureCache
+from aam_search.features.cache import CacheError, FeatureCache
 
 
 def input_problem(cache_path: Path) -> str | None:
     """Why the feature cache cannot be used any more, or None when it can."""
     try:
-        FeatureCache.open(cache_path)
+        FeatureCache.open(cache_path)  # meta.json, then each data file's size and header (check_files)
     except CacheError as error:
         return f"the feature cache is gone or broken: {error}"
-    for name in (FEATURES_FILE, LABELS_FILE):
-        path = Path(cache_path) / name
-        try:
-            with open(path, "rb") as handle:
-                handle.read(8)  # the safetensors header length: the file opens and reads
-        except OSError as error:
-            return f"the feature cache is gone or broken: {path}: cannot read ({error.strerror or error})"
     return None
