@@ -30,12 +30,12 @@ import yaml
 from aam_search.cli_study import starter_config
 from aam_search.data.synth import synthesize
 from aam_search.data.synth_alt import synthesize_alt
+from aam_search.protocol import ADAPTER_FILE, CONFIG_FILE, RESULT_FILE
 from aam_search.search.config import load_study_config
 from aam_search.search.orchestrator import Orchestrator, trial_out_dir
 from aam_search.search.pareto import completed
 from aam_search.tracking.errors import PromotionError
 from aam_search.tracking.promote import choose_trial, evaluate_on_test
-from aam_search.trainer.reporter import RESULT_FILE
 
 MAX_DROP = 0.01  # "within 1% utility drop", the promotion rule's default
 PROTOCOLS = ("static", "clip", "worst")
@@ -118,7 +118,7 @@ def study_report(generator: str, orchestrator: Orchestrator, seconds: float) -> 
     try:
         chosen, rule = choose_trial(trials, config.objectives, max_utility_drop=MAX_DROP)
         folder = trial_out_dir(config, chosen.number)
-        test = evaluate_on_test(folder / "adapter.safetensors", yaml.safe_load((folder / "trial.yaml").read_text()))
+        test = evaluate_on_test(folder / ADAPTER_FILE, yaml.safe_load((folder / CONFIG_FILE).read_text()))
         promoted = (f"{generator}: promoted trial {chosen.number} ({rule}); test utility "
                     f"{test.get('test_utility', math.nan):.3f} "
                     f"(drop {100 * test.get('test_utility_drop', math.nan):.1f}%), "

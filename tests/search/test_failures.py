@@ -121,7 +121,7 @@ RESULTS = {
     1: {"status": "completed", "utility": 0.9, "leakage": 0.1, "utility_drop": 0.5},
     2: {"status": "completed", "utility": 0.6, "leakage": 0.3, "utility_drop": 0.05},
     3: {"status": "completed", "utility": 0.7, "utility_drop": 0.0},
-    4: {"status": "failed", "reason": "non-finite loss in epoch 0, step 3 (loss=nan)"},
+    4: {"status": "failed", "reason": "non-finite loss in epoch 0, step 3 (loss=nan)", "retryable": False},
     5: {"status": "failed", "reason": "RuntimeError: CUDA error: an illegal memory access"},
     6: {"status": "completed", "utility": 0.55, "leakage": 0.25, "utility_drop": 0.02},
 }
@@ -158,6 +158,36 @@ def test_results_are_checked_before_optuna_is_told(make_study, monkeypatch):
     # Trial 1 dominates the others but breaks the constraint: it is not on the front.
     assert [t.number for t in outcome.front] == [2, 6]
     assert (outcome.completed, outcome.failed) == (3, 4)
+
+
+RETRY_BY_FIELD = {
+    # trial number -> its result.json: the words look like the other case, the field decides
+    0: {"status": "diverged", "reason": "loss diverged in epoch 0 (a flaky reduction)", "retryable": True},
+    1: {"status": "completed", "reason": None, "utility": 0.5, "leakage": 0.4},
+    2: {"status": "failed", "reason": "RuntimeError: CUDA error: an illegal memory access", "retryable": False},
+}
+
+
+def test_the_trial_decides_whether_it_is_retried_not_its_reason(make_study, monkeypatch):
+    fake_trials(monkeypatch, f"""
+        import json, sys
+        from pathlib import Path
+        out = Path(sys.argv[1])
+        results = {{int(k): v for k, v in json.loads({json.dumps(json.dumps(RETRY_BY_FIELD))}).items()}}
+        result = results[int(out.name.split("-")[1])]
+        (out / "result.json").write_text(json.dumps(result))
+        sys.exit(0 if result["status"] == "completed" else 1)
+    """)
+    config = make_study(name="by-field", n_trials=2, max_parallel=1, max_retries=1)
+    orchestrator, outcome = run_study(config)
+    trials = orchestrator.study.get_trials()
+    assert [(t.number, t.state, slot_of(t), t.user_attrs.get(ATTEMPT, 0)) for t in trials] == [
+        (0, TrialState.FAIL, 0, 0),  # "diverged", but retryable: re-run in its slot
+        (1, TrialState.COMPLETE, 0, 1),
+        (2, TrialState.FAIL, 2, 0),  # a crash, but the trial says a re-run would repeat it
+    ]
+    assert trials[0].user_attrs[REASON].startswith("diverged: loss diverged")
+    assert (outcome.completed, outcome.failed) == (1, 2)
 
 
 def test_a_trial_failed_meanwhile_by_another_worker_is_not_told_again(make_study, monkeypatch):

@@ -13,8 +13,8 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
+from aam_search.protocol import read_metrics
 from aam_search.search.study import REASON, StudyNotFound, slot_of
-from aam_search.trainer.reporter import read_metrics
 from tests.search.conftest import LONG_TRIAL, TINY_TRIAL, cli, complete, load_trials, spawn, wait_for
 
 

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
+from aam_search.protocol import ADAPTER_FILE, RESULT_FILE
 from aam_search.search.orchestrator import Orchestrator
 from aam_search.trainer.baseline import EVALUATION_VERSION, raw_baseline, summarize, worst_case
 from aam_search.trainer.checkpoint import load_checkpoint
 from aam_search.trainer.config import EvalConfig, parse_trial_config
-from aam_search.trainer.reporter import ADAPTER_FILE, RESULT_FILE
 from aam_search.trainer.train import run_trial
 
 # Every field result.json had before the evaluation grew intervals and the worst case.

@@ -10,11 +10,11 @@ from safetensors.torch import load_file, save_file
 
 from aam_search.features.cache import META_FILE, FeatureCache, file_records, write_json_atomic
 from aam_search.features.config import ConfigError
+from aam_search.protocol import METRICS_FILE
 from aam_search.search.config import parse_study_config
 from aam_search.search.orchestrator import Orchestrator
 from aam_search.trainer.config import parse_trial_config
 from aam_search.trainer.label_needs import check_attr_labels, objectives_needing_labels
-from aam_search.trainer.reporter import METRICS_FILE
 from aam_search.trainer.train import run_trial
 
 TRIAL = {"optim": {"epochs": 1, "min_steps": 0, "batch_size": 4, "head_pretrain_epochs": 0},

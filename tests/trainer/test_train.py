@@ -21,19 +21,13 @@ import yaml
 import aam_search.trainer.objective as objective_module
 from aam_search.cli import main as cli_main
 from aam_search.features.cache import CacheError
+from aam_search.protocol import ADAPTER_FILE, METRICS_FILE, RESULT_FILE, TRIAL_FILE, read_metrics
 from aam_search.trainer.checkpoint import load_checkpoint
 from aam_search.trainer.config import parse_trial_config
 from aam_search.trainer.data import TrainingData, task_num_classes
 from aam_search.trainer.losses import LossWeights
 from aam_search.trainer.model import AdapterConfig, PrivacyProjector, TaskHeads, build_adapter, count_parameters
 from aam_search.trainer.objective import AAMObjective
-from aam_search.trainer.reporter import (
-    ADAPTER_FILE,
-    METRICS_FILE,
-    RESULT_FILE,
-    TRIAL_FILE,
-    read_metrics,
-)
 from aam_search.trainer.train import AAMRecipe, lr_at, run_trial
 
 EPOCH_KEYS = {"epoch", "loss", "l_lc", "l_task", "l_privacy", "lr", "seconds", "samples_per_s"}
@@ -135,6 +129,7 @@ def test_result_json_holds_the_headline_numbers(adversarial_trial, small_cache):
     result = _strict_json(out / RESULT_FILE)
     assert RESULT_KEYS <= set(result)
     assert result["status"] == "completed" and result["reason"] is None
+    assert result["retryable"] is True  # whatever fails after it (a crash at exit) may pass next time
     assert result["epochs_done"] == config.optim.epochs
     for key in ("utility", "leakage", "leakage_chance", "raw_utility", "raw_leakage", "combined_score"):
         assert isinstance(result[key], float) and 0.0 <= result[key] <= 1.0, key
@@ -338,6 +333,7 @@ def test_diverging_trial_is_marked_diverged(small_cache, tmp_path):
     assert result["status"] == "diverged"
     written = _strict_json(tmp_path / RESULT_FILE)
     assert written["status"] == "diverged"
+    assert written["retryable"] is False  # the same parameters diverge again
     lines = read_metrics(tmp_path / METRICS_FILE)
     assert len(lines) == written["epochs_done"] < config.optim.epochs
     assert "diverged" in written["reason"]
@@ -386,6 +382,7 @@ def test_non_finite_loss_fails_the_trial_naming_the_epoch(small_cache, tmp_path,
     written = _strict_json(tmp_path / RESULT_FILE)  # the NaN must not leak into the JSON as a bare token
     assert written["status"] == "failed"
     assert "non-finite" in written["reason"]
+    assert written["retryable"] is False
     assert "epoch 1" in written["reason"]
     assert written["epochs_done"] == 1
     (line,) = read_metrics(tmp_path / METRICS_FILE)  # epoch 0 finished, epoch 1 did not
@@ -399,7 +396,7 @@ def test_an_error_in_setup_is_reported_then_raised(small_cache, tmp_path):
     with pytest.raises(CacheError):
         run_trial(config, tmp_path / "out")
     written = _strict_json(tmp_path / "out" / RESULT_FILE)
-    assert written["status"] == "failed"
+    assert written["status"] == "failed" and written["retryable"] is True
     assert "CacheError" in written["reason"] and str(missing) in written["reason"]
 
 
@@ -512,7 +509,7 @@ def test_sigterm_stops_the_trial_and_records_why(signalled_trials):
     code, out, log = signalled_trials["term"]
     assert code == 1, log[-3000:]  # handled: not killed by the signal (-15)
     result = _strict_json(out / RESULT_FILE)
-    assert result["status"] == "terminated"
+    assert result["status"] == "terminated" and result["retryable"] is True
     assert "SIGTERM" in result["reason"] and "epoch" in result["reason"]
     lines = read_metrics(out / METRICS_FILE)
     assert len(lines) >= 3

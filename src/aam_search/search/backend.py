@@ -20,10 +20,8 @@ from typing import Any
 
 import yaml
 
-from aam_search.trainer.reporter import METRICS_FILE, RESULT_FILE
+from aam_search.protocol import CONFIG_FILE, LOG_FILE, METRICS_FILE, RESULT_FILE, Status, read_new_metrics
 
-LOG_FILE = "trial.log"
-CONFIG_FILE = "trial.yaml"
 # Variables a parent may carry that must never reach a trial: a trial must not join the
 # parent's MLflow run, inherit DeepSpeed/Accelerate state, or a torch.distributed world.
 LEAKY_PREFIXES = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT", "ACCELERATE_", "DEEPSPEED_", "TORCHELASTIC_")
@@ -137,20 +135,7 @@ class RunningTrial:
 
     def poll_metrics(self) -> list[dict[str, Any]]:
         """New epoch lines since the last poll; a line still being written waits for its newline."""
-        try:
-            with open(self.out_dir / METRICS_FILE, "rb") as handle:
-                handle.seek(self.metrics_offset)
-                chunk = handle.read()
-        except FileNotFoundError:
-            return []
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        self.metrics_offset += len(complete)
-        new = []
-        for line in complete.splitlines():
-            try:
-                new.append(json.loads(line))
-            except json.JSONDecodeError:  # a line torn by a killed writer; the next one is whole
-                continue
+        new, self.metrics_offset = read_new_metrics(self.out_dir / METRICS_FILE, self.metrics_offset)
         self.metrics.extend(new)
         return new
 
@@ -185,7 +170,7 @@ class RunningTrial:
         if result is None:
             tail = _tail(self.out_dir / LOG_FILE)
             return "failed", f"exit code {code} without result.json; log tail: {tail}", None
-        if result.get("status") != "completed":
+        if result.get("status") != Status.COMPLETED:
             return "failed", f"{result.get('status')}: {result.get('reason')}", result
         if code != 0:
             return "failed", f"exit code {code} after writing a completed result", result

@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from aam_search.features.cache import FeatureCache
 from aam_search.features.config import ConfigError, ExtractConfig
 from aam_search.features.extract import extract_features
+from aam_search.protocol import FAILURE_KIND, INPUT_FAILURE, is_retryable
 from aam_search.redact import redact, scrub
 from aam_search.search.backend import DevicePool, RunningTrial, detect_gpus, start_trial
 from aam_search.search.config import StudyConfig
@@ -47,13 +48,11 @@ from aam_search.spaces import SearchSpace, merge_overrides, resolve_space
 from aam_search.trainer.baseline import raw_baseline, worst_case
 from aam_search.trainer.config import TrialConfig, parse_trial_config
 from aam_search.trainer.label_needs import activates, check_attr_labels, objectives_needing_labels
-from aam_search.trainer.reporter import FAILURE_KIND, INPUT_FAILURE, finite_number
+from aam_search.trainer.reporter import finite_number
 
 CONFIG_ATTR = "aam:config"
 BASELINE_ATTR = "aam:baseline"
 HYPERVOLUME_ATTR = "aam:hypervolume"
-# Failures that the same parameters would reproduce: retrying them wastes the budget.
-DETERMINISTIC = ("diverged:", "failed: non-finite")
 # Reasons the orchestrator stops its own trials with: not the trials' fault, so each is
 # queued again without using up a retry ("interrupted": a signal; "stopped": a broken input).
 INTERRUPTED = "study interrupted"
@@ -289,7 +288,8 @@ class Orchestrator:
                 self._halt(f"trial {trial.number} found a shared input missing or broken: {reason}")
                 self._fail(trial, reason or status, retry=True, counts_as_attempt=False)
                 return
-            self._fail(trial, reason or status, retry=not (reason or "").startswith(DETERMINISTIC))
+            # The trial says whether the same parameters could end otherwise (protocol.RETRYABLE).
+            self._fail(trial, reason or status, retry=is_retryable(result))
             return
         verdict = self._verdict(result)
         if isinstance(verdict, str):

@@ -31,6 +31,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from aam_search.search.pareto import completed, pareto_front
+from aam_search.protocol import ADAPTER_FILE, CONFIG_FILE
 from aam_search.redact import redact
 from aam_search.search.study import REASON, objective_direction
 from aam_search.tracking.errors import PromotionError
@@ -184,14 +185,14 @@ def _trial_files(client: Any, run: Any | None, trial: FrozenTrial, folder: Path)
     else from its trial folder."""
     if run is not None:
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
-        if {"adapter.safetensors", "trial.yaml"} <= names:
-            adapter = Path(client.download_artifacts(run.info.run_id, "adapter.safetensors", str(folder)))
-            config = Path(client.download_artifacts(run.info.run_id, "trial.yaml", str(folder)))
+        if {ADAPTER_FILE, CONFIG_FILE} <= names:
+            adapter = Path(client.download_artifacts(run.info.run_id, ADAPTER_FILE, str(folder)))
+            config = Path(client.download_artifacts(run.info.run_id, CONFIG_FILE, str(folder)))
             return adapter, yaml.safe_load(config.read_text()) or {}
     out_dir = trial.user_attrs.get("out_dir")
-    if out_dir and (Path(out_dir) / "adapter.safetensors").is_file() and (Path(out_dir) / "trial.yaml").is_file():
-        return Path(out_dir) / "adapter.safetensors", yaml.safe_load((Path(out_dir) / "trial.yaml").read_text()) or {}
-    raise PromotionError(f"trial {trial.number} has no adapter.safetensors and trial.yaml, neither in MLflow "
+    if out_dir and (Path(out_dir) / ADAPTER_FILE).is_file() and (Path(out_dir) / CONFIG_FILE).is_file():
+        return Path(out_dir) / ADAPTER_FILE, yaml.safe_load((Path(out_dir) / CONFIG_FILE).read_text()) or {}
+    raise PromotionError(f"trial {trial.number} has no {ADAPTER_FILE} and {CONFIG_FILE}, neither in MLflow "
                          f"nor in its trial folder {out_dir or '(unknown)'}")
 
 

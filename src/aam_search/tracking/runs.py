@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from aam_search.protocol import CONFIG_FILE, TRIAL_FILES
 from aam_search.redact import redact, scrub
 from aam_search.search.config import StudyConfig
 from aam_search.search.pareto import feasible, pareto_front
@@ -64,8 +65,7 @@ TRIAL_TAG = "optuna.trial_number"
 STATE_TAG = "optuna.state"
 PARETO_TAG = "pareto"
 REASON_TAG = "aam.failure_reason"
-# Files of a trial folder logged as artifacts of its run (when present).
-TRIAL_FILES = ("trial.yaml", "trial.json", "result.json", "metrics.jsonl", "adapter.safetensors", "trial.log")
+# protocol.TRIAL_FILES: the files of a trial folder logged as artifacts of its run (when present).
 PAUSE_AFTER_ERROR_S = 60.0
 MAX_TAG = 7900
 BATCH = 100
@@ -218,8 +218,8 @@ class StudyTracker:
         run_id = self._create_trial_run(number, "RUNNING", devices=payload.get("devices"))
         self.runs[number] = TrialRun(run_id, out_dir)
         params = {str(k): str(v)[:MAX_PARAM] for k, v in (payload.get("params") or {}).items()}
-        if out_dir is not None and (out_dir / "trial.yaml").is_file():
-            params.update(flatten(yaml.safe_load((out_dir / "trial.yaml").read_text()) or {}, "config."))
+        if out_dir is not None and (out_dir / CONFIG_FILE).is_file():
+            params.update(flatten(yaml.safe_load((out_dir / CONFIG_FILE).read_text()) or {}, "config."))
         self._log(run_id, params=params)
 
     def _on_epoch(self, payload: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 ``trial.json`` (resolved config), ``metrics.jsonl`` (one line per epoch, flushed as it is
 written so a killed trial leaves its lines behind) and ``result.json`` (final metrics,
 status, reason, timings). The orchestrator reads these; a trial never talks to Optuna or
-MLflow. Only the main process writes.
+MLflow. Only the main process writes. File names, statuses and the reader of these files
+are the trial protocol's (:mod:`aam_search.protocol`).
 """
 
 from __future__ import annotations
@@ -14,17 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-TRIAL_FILE = "trial.json"
-METRICS_FILE = "metrics.jsonl"
-RESULT_FILE = "result.json"
-ADAPTER_FILE = "adapter.safetensors"
-
-STATUSES = ("completed", "failed", "diverged", "terminated")
-# result.json's ``failure_kind``: None, or INPUT_FAILURE when a shared input every trial
-# reads (the feature cache) is missing or broken; the orchestrator then stops the study
-# instead of spending the budget on trials that cannot succeed.
-FAILURE_KIND = "failure_kind"
-INPUT_FAILURE = "input"
+from aam_search.protocol import ADAPTER_FILE, METRICS_FILE, RESULT_FILE, TRIAL_FILE, Status
 
 
 def _clean(value: Any) -> Any:
@@ -80,21 +71,8 @@ class TrialReporter:
             os.fsync(handle.fileno())
 
     def result(self, status: str, reason: str | None, **fields: Any) -> None:
-        if status not in STATUSES:
-            raise ValueError(f"unknown trial status {status!r}")
-        self._write_json(RESULT_FILE, {"status": status, "reason": reason, **fields})
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Parse metrics.jsonl; a torn last line (the process was killed mid-write) is ignored."""
-    lines = []
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        return lines
-    for line in text.splitlines():
         try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return lines
+            status = Status(status)
+        except ValueError:
+            raise ValueError(f"unknown trial status {status!r}") from None
+        self._write_json(RESULT_FILE, {"status": status.value, "reason": reason, **fields})

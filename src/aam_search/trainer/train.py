@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from aam_search.features.cache import CacheError, FeatureCache
+from aam_search.protocol import ADAPTER_FILE, FAILURE_KIND, INPUT_FAILURE, RETRYABLE, Status
 from aam_search.trainer.baseline import ci_warnings, cotrained_tasks, evaluate_features, raw_baseline, summarize
 from aam_search.trainer.checkpoint import save_checkpoint
 from aam_search.trainer.config import TrialConfig
@@ -32,15 +33,20 @@ from aam_search.trainer.label_needs import check_attr_labels, objectives_needing
 from aam_search.trainer.losses import LossWeights
 from aam_search.trainer.model import PrivacyProjector, TaskHeads, build_adapter, count_parameters
 from aam_search.trainer.objective import AAMObjective
-from aam_search.trainer.reporter import ADAPTER_FILE, FAILURE_KIND, INPUT_FAILURE, TrialReporter
+from aam_search.trainer.reporter import TrialReporter
 
 
 class TrialStopped(Exception):
-    """The run ended early for a reason that goes into result.json."""
+    """The run ended early for a reason that goes into result.json.
+
+    Only a run stopped from outside (``terminated``) could end otherwise with the same
+    parameters; the recipe's own stops (divergence, a non-finite loss) would repeat.
+    """
 
     def __init__(self, status: str, reason: str):
         super().__init__(reason)
         self.status, self.reason = status, reason
+        self.retryable = status == Status.TERMINATED
 
 
 def make_accelerator(config: TrialConfig):
@@ -302,26 +308,26 @@ class AAMRecipe:
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        status, reason, metrics = "completed", None, {}
+        status, reason, metrics, retryable = Status.COMPLETED, None, {}, True
         try:
             self.setup()
             self.train()
             if self.accelerator.is_main_process:
                 metrics = self.evaluate()
                 if self.stop_signal:  # arrived during evaluation: the numbers are not final
-                    raise TrialStopped("terminated", f"received {self.stop_signal} during evaluation")
+                    raise TrialStopped(Status.TERMINATED, f"received {self.stop_signal} during evaluation")
                 if self.config.save_adapter:
                     self.save()
             self.accelerator.wait_for_everyone()
         except TrialStopped as stop:
-            status, reason = stop.status, stop.reason
+            status, reason, retryable = stop.status, stop.reason, stop.retryable
         except Exception as error:
-            status, reason = "failed", f"{type(error).__name__}: {error}"
+            status, reason = Status.FAILED, f"{type(error).__name__}: {error}"
             self._report(status, reason, metrics, started, failure_kind=self._failure_kind(error))
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
-        return self._report(status, reason, metrics, started)
+        return self._report(status, reason, metrics, started, retryable=retryable)
 
     def _failure_kind(self, error: Exception) -> str | None:
         """INPUT_FAILURE when the feature cache, shared by every trial, is missing or broken."""
@@ -334,10 +340,10 @@ class AAMRecipe:
         return None
 
     def _report(self, status: str, reason: str | None, metrics: dict, started: float,
-                failure_kind: str | None = None) -> dict[str, Any]:
+                failure_kind: str | None = None, retryable: bool = True) -> dict[str, Any]:
         self.timings["total_s"] = time.perf_counter() - started
-        result = {"status": status, "reason": reason, FAILURE_KIND: failure_kind, "epochs_done": self.epochs_done,
-                  "timings": self.timings, **metrics}
+        result = {"status": status, "reason": reason, FAILURE_KIND: failure_kind, RETRYABLE: retryable,
+                  "epochs_done": self.epochs_done, "timings": self.timings, **metrics}
         reporter = getattr(self, "reporter", None) or TrialReporter(self.out_dir)
         reporter.result(status, reason, **{k: v for k, v in result.items() if k not in ("status", "reason")})
         return result
