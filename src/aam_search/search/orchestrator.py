@@ -234,13 +234,12 @@ class Orchestrator:
     def _launch(self, trial: optuna.Trial) -> None:
         try:
             params = self.space.suggest(trial)
-            trial_config = self._trial_config(params).resolved()
+            trial_config = self._trial_config(params).model_dump(mode="json")
         except Exception as error:  # a space that builds an invalid trial: fail it, say why
             self._fail(trial, f"invalid trial config: {error}", retry=False)
             return
         slot = self.devices.take()
         out_dir = trial_out_dir(self.config, trial.number)
-        trial_config["optim"].pop("effective_lr", None)  # derived; the trial derives it again
         try:
             running = start_trial(trial.number, trial_config, out_dir, slot, self.config.trial_timeout_s)
         except OSError as error:

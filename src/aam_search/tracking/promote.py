@@ -208,8 +208,6 @@ def evaluate_on_test(adapter_path: Path, trial_config: dict[str, Any], cache_pat
 
     if cache_path is not None:
         trial_config = {**trial_config, "cache": str(cache_path)}
-    trial_config = {k: v for k, v in trial_config.items() if k != "optim"} | {
-        "optim": {k: v for k, v in (trial_config.get("optim") or {}).items() if k != "effective_lr"}}
     config = parse_trial_config(trial_config, "the trial's trial.yaml")
     try:
         cache = FeatureCache.open(config.cache)

@@ -156,8 +156,10 @@ class TrialConfig(_Strict):
         return None if value is None else value.expanduser()
 
     def resolved(self, steps_per_epoch: int | None = None) -> dict:
-        """The config as plain data plus what it resolves to: the effective lr and, given the
-        train set's steps per epoch, the step budget (``optim.budget``)."""
+        """The record of what ran (``trial.json``): the config as plain data plus what it
+        resolves to, the effective lr and, given the train set's steps per epoch, the step
+        budget (``optim.budget``). A record, not a config: the derived values are properties
+        of the config and do not validate back; a config to hand on is ``model_dump()``."""
         data = self.model_dump(mode="json")
         data["optim"]["effective_lr"] = self.optim.effective_lr
         if steps_per_epoch is not None:
