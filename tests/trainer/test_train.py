@@ -400,6 +400,28 @@ def test_an_error_in_setup_is_reported_then_raised(small_cache, tmp_path):
     assert "CacheError" in written["reason"] and str(missing) in written["reason"]
 
 
+def test_the_recipe_ends_its_accelerator_once_whether_it_completes_or_fails(small_cache, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    import aam_search.trainer.train as train_module
+
+    ended = []
+    monkeypatch.setattr(Accelerator, "end_training", lambda self: ended.append(self))
+    monkeypatch.setattr(train_module.AAMRecipe, "evaluate", lambda self: {"stub": True})
+    recipe = AAMRecipe(_config(small_cache, optim={"epochs": 1, "head_pretrain_epochs": 0}), tmp_path / "ok")
+    assert recipe.run()["status"] == "completed"
+    assert ended == [recipe.accelerator]
+    recipe.cleanup()
+    assert len(ended) == 1  # once
+
+    broken = AAMRecipe(parse_trial_config({**_config_data(small_cache), "cache": str(tmp_path / "gone")}),
+                       tmp_path / "failed")
+    with pytest.raises(CacheError):  # the trial's error, not one from the teardown
+        broken.run()
+    assert ended[1:] == [broken.accelerator]
+    assert _strict_json(tmp_path / "failed" / RESULT_FILE)["status"] == "failed"
+
+
 def test_reporter_writes_strict_json_and_only_on_the_main_process(tmp_path):
     from aam_search.trainer.reporter import TrialReporter
 

@@ -126,6 +126,7 @@ class AAMRecipe:
         self.timings: dict[str, float] = {}
         self.epochs_done = 0
         self.eraser: LinearEraser | None = None
+        self.ended = False  # cleanup() ran
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -306,6 +307,20 @@ class AAMRecipe:
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
+        """The whole trial, its result.json last; then :meth:`cleanup`, whatever happened."""
+        try:
+            return self._run()
+        finally:
+            self.cleanup()
+
+    def cleanup(self) -> None:
+        """End the Accelerator, once: its trackers and the process group it set up (DDP,
+        DeepSpeed). After result.json, so a teardown that fails cannot lose the result."""
+        if getattr(self, "accelerator", None) is not None and not self.ended:
+            self.ended = True
+            self.accelerator.end_training()
+
+    def _run(self) -> dict[str, Any]:
         started = time.perf_counter()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         status, reason, metrics, retryable = Status.COMPLETED, None, {}, True
