@@ -48,6 +48,16 @@ def test_values_are_utility_and_leakage_from_result_json(final):
         assert trial.user_attrs[SLOT] == trial.number
 
 
+def test_the_paper_default_is_the_trial_defaults_but_for_hsic():
+    from aam_search.trainer.config import TrialConfig
+
+    trial = TrialConfig(cache=Path("/c")).resolved()
+    ran = {name: trial[name.split(".")[0]][name.split(".")[1]] for name in PAPER_DEFAULT}
+    ran["optim.lr"] = trial["optim"]["effective_lr"]  # lr is None by default: scaled from base_lr
+    assert {k: v for k, v in PAPER_DEFAULT.items() if ran[k] != v} == {"loss.w_hsic": 0.01}
+    assert PAPER_DEFAULT["optim.lr"] == 1e-3 and PAPER_DEFAULT["loss.w_lc"] == 100.0
+
+
 def test_the_first_trial_runs_the_paper_default(final):
     first = final.trials[0]
     searched = {k: v for k, v in PAPER_DEFAULT.items() if k in first.params}
