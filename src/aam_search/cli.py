@@ -12,30 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from aam_search.cli_study import add_study_commands
+from aam_search.errors import AamSearchError
+from aam_search.protocol import Status
 from aam_search.tracking.commands import add_tracking_commands
 
 console = Console()
 errors = Console(stderr=True)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input, shown as one clear message instead of a traceback."""
-    from aam_search.data.importers import ImportFormatError
-    from aam_search.data.manifest import ManifestError
-    from aam_search.encoders import EncoderError
-    from aam_search.features.cache import CacheError
-    from aam_search.features.config import ConfigError
-    from aam_search.features.extract import ExtractionError
-    from aam_search.search.storage import StorageError
-    from aam_search.search.study import StudyNotFound
-    from aam_search.spaces import SpaceError
-    from aam_search.tracking.errors import PromotionError, TrackingUnavailable
-    from aam_search.tracking.ui import UIError
-    from aam_search.trainer.checkpoint import CheckpointError
-
-    return (ManifestError, ImportFormatError, EncoderError, CacheError, ConfigError, ExtractionError,
-            CheckpointError, SpaceError, StudyNotFound, PromotionError, TrackingUnavailable, UIError,
-            StorageError)
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -203,7 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from aam_search.trainer.train import run_trial
 
     result = run_trial(load_trial_config(args.config), Path(args.out))
-    if result["status"] != "completed":
+    if result["status"] != Status.COMPLETED:
         errors.print(f"[red]trial {result['status']}:[/] {result['reason']}", soft_wrap=True)
         return 1
     console.print(
@@ -310,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
-    except _user_errors() as error:
+    except AamSearchError as error:  # bad input: its message, not a traceback
         errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True, markup=True)
         return 2
     except KeyboardInterrupt:

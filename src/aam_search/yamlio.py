@@ -14,8 +14,10 @@ from typing import Any
 
 import yaml
 
+from aam_search.errors import AamSearchError
 
-class DuplicateKeyError(yaml.YAMLError):
+
+class DuplicateKeyError(AamSearchError, yaml.YAMLError):
     """A mapping that gives one key twice; the message names the key and both lines."""
 
     def __init__(self, key: Any, first_line: int, line: int) -> None:

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from aam_search.data.manifest import SPLITS, write_manifest
+from aam_search.errors import AamSearchError
 
 FILE_NOT_FOUND = "file not found"
 GroupKey = TypeVar("GroupKey", bound=Hashable)
 
 
-class ImportFormatError(ValueError):
+class ImportFormatError(AamSearchError, ValueError):
     """Annotation files that cannot be turned into a manifest; names the file (and line)."""
 
 

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aam_search.errors import AamSearchError
+
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 SPLITS = ("train", "val", "test")
 BASE_COLUMNS = ("path", "split", "action")
 LABEL_PREFIXES = ("attr:", "task:", "group:")
 
 
-class ManifestError(ValueError):
+class ManifestError(AamSearchError, ValueError):
     """A manifest that cannot be used; the message names the file, row and column at fault."""
 
     def __init__(

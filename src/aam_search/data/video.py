@@ -31,12 +31,13 @@ from aam_search.data.clips import (
     static_frame_indices,
     tile_static,
 )
+from aam_search.errors import AamSearchError
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 _MAX_REASON_CHARS = 200
 
 
-class VideoDecodeError(Exception):
+class VideoDecodeError(AamSearchError):
     """A file that could not be turned into clips; ``reason`` is short and human-readable."""
 
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:

@@ -19,6 +19,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from aam_search.errors import AamSearchError
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -27,7 +29,7 @@ EncoderFactory = Callable[..., "FrozenEncoder"]
 _REGISTRY: dict[str, EncoderFactory] = {}
 
 
-class EncoderError(ValueError):
+class EncoderError(AamSearchError, ValueError):
     """An encoder cannot be built or used: unknown name, bad plug-in, bad option, bad input."""
 
 

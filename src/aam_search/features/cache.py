@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aam_search.errors import AamSearchError
 from aam_search.features.safetensors_io import SafetensorsFormatError, mmap_tensors, read_header
 
 CACHE_FORMAT_VERSION = 1
@@ -47,7 +48,7 @@ DATA_FILES = {
 REEXTRACT = "delete the cache folder and run `aam-search features extract` again"
 
 
-class CacheError(RuntimeError):
+class CacheError(AamSearchError, RuntimeError):
     """A cache folder that is missing, incomplete or damaged; the message names it."""
 
 

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from aam_search.errors import AamSearchError
 from aam_search.yamlio import load_yaml
 
 
-class ConfigError(ValueError):
+class ConfigError(AamSearchError, ValueError):
     """A config file or value that cannot be used; the message names the file and field."""
 
 

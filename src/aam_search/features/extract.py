@@ -25,6 +25,7 @@ from aam_search.data.clips import ClipSettings, tile_static, to_model_input
 from aam_search.data.decode_pool import DecodeJob, DecodeOutcome, DecodePool
 from aam_search.data.manifest import Manifest, read_manifest
 from aam_search.encoders import FrozenEncoder, build_encoder
+from aam_search.errors import AamSearchError
 from aam_search.features.cache import (
     CACHE_FORMAT_VERSION,
     DATA_FILES,
@@ -46,7 +47,7 @@ from aam_search.features.safetensors_io import TensorLayout, read_header, write_
 FEATURE_NAMES = DATA_FILES[FEATURES_FILE]
 
 
-class ExtractionError(RuntimeError):
+class ExtractionError(AamSearchError, RuntimeError):
     """A fatal extraction problem (in strict mode: the first video that failed)."""
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aam_search.errors import AamSearchError
+
 _DTYPE_TO_CODE = {
     torch.float16: "F16",
     torch.bfloat16: "BF16",
@@ -44,7 +46,7 @@ _CODE_TO_NUMPY = {
 }
 
 
-class SafetensorsFormatError(ValueError):
+class SafetensorsFormatError(AamSearchError, ValueError):
     """A file that is not a well-formed safetensors file."""
 
 

@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
+from aam_search.errors import AamSearchError
 from aam_search.search.study import DISCARDED, objective_direction
 
 
-class ObjectiveError(KeyError):
+class ObjectiveError(AamSearchError, KeyError):
     """A result.json that lacks a value an objective needs."""
 
 

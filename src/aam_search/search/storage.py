@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aam_search.errors import AamSearchError
 from aam_search.redact import scrub
 
 T = TypeVar("T")
@@ -38,7 +39,7 @@ LOCK_TIMEOUT_S = 120.0
 CREATION_RACE = ("already exists", "duplicate column", "duplicate key value", "unique constraint failed")
 
 
-class StorageError(RuntimeError):
+class StorageError(AamSearchError, RuntimeError):
     """A study's database cannot be used as given; the message is one line naming the file
     (or the URL, password hidden) and nothing in the database was changed."""
 

@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from aam_search.errors import AamSearchError
 from aam_search.redact import redact
 from aam_search.search.config import StudyConfig
 from aam_search.search.storage import (
@@ -241,5 +242,5 @@ def close_study(study: optuna.Study) -> None:
         storage.engine.dispose()
 
 
-class StudyNotFound(LookupError):
+class StudyNotFound(AamSearchError, LookupError):
     """The named study does not exist in the given storage."""

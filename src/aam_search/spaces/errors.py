@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from aam_search.errors import AamSearchError
 
-class SpaceError(ValueError):
+
+class SpaceError(AamSearchError, ValueError):
     """A search space that cannot be used; the message names the file (if any) and parameter."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from aam_search.errors import AamSearchError
 
-class TrackingUnavailable(RuntimeError):
+
+class TrackingUnavailable(AamSearchError, RuntimeError):
     """The MLflow tracking store cannot be reached or created; the message names its URI."""
 
 
-class PromotionError(ValueError):
+class PromotionError(AamSearchError, ValueError):
     """A promotion that cannot be done (no such trial, no trial meets the rule, ...).
 
     Raised before anything is written to MLflow, so the registry is left as it was.

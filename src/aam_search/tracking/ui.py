@@ -7,13 +7,14 @@ import socket
 import sys
 from pathlib import Path
 
+from aam_search.errors import AamSearchError
 from aam_search.redact import redact
 from aam_search.tracking.store import default_artifact_root, is_remote, resolve_tracking_uri
 
 BACKEND_STORE_ENV = "MLFLOW_BACKEND_STORE_URI"  # mlflow ui/server's --backend-store-uri, from the environment
 
 
-class UIError(ValueError):
+class UIError(AamSearchError, ValueError):
     """Nothing to show: no store in the work folder, or a server URI (already has a UI)."""
 
 

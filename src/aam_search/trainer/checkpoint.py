@@ -20,13 +20,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from aam_search.errors import AamSearchError
 from aam_search.trainer.eraser import ErasedAdapter, LinearEraser, eraser_from_tensors, eraser_tensors
 from aam_search.trainer.model import AdapterConfig, AnonymizingAdapter, TaskHeads, build_adapter
 
 CHECKPOINT_FORMAT = "aam-search/adapter/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AamSearchError, ValueError):
     """A checkpoint that is missing, not ours, or inconsistent; the message names the file."""
 
 
