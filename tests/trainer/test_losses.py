@@ -2,18 +2,15 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from aam_search.trainer.losses import (
     LossWeights,
     latent_consistency,
     normalized_hsic,
     nt_xent,
-    privacy_views,
     task_loss,
     total_loss,
 )
-from aam_search.trainer.model import AdapterConfig, PrivacyProjector, build_adapter
 
 
 def _neg_log_softmax(positive: float, others: list[float]) -> float:
@@ -146,32 +143,6 @@ def test_total_loss_maximises_privacy_term():
     assert custom.item() == pytest.approx(4.0 - 0.5)
     with pytest.raises(ValueError, match="privacy"):
         LossWeights(privacy=-1.0)
-
-
-# ---------------------------------------------------------------- privacy views
-
-
-def _adapter_and_projector(dim: int = 8) -> tuple[nn.Module, nn.Module]:
-    torch.manual_seed(0)
-    return build_adapter(dim, AdapterConfig(layers=1, heads=2)), PrivacyProjector(dim, proj_dim=4)
-
-
-def test_privacy_views_is_nt_xent_of_projected_pooled_adapted_views():
-    adapter, projector = _adapter_and_projector()
-    nn.init.normal_(adapter.blocks[0].attn.out_proj.weight)  # make f_A non-trivial
-    a, b = torch.randn(3, 5, 8), torch.randn(3, 5, 8)
-    expected = nt_xent(projector(adapter(a).mean(1)), projector(adapter(b).mean(1)), temperature=0.2)
-    torch.testing.assert_close(privacy_views(adapter, projector, a, b, temperature=0.2), expected)
-
-
-def test_privacy_views_detach_adapter_only_trains_projector():
-    adapter, projector = _adapter_and_projector()
-    a, b = torch.randn(3, 5, 8), torch.randn(3, 5, 8)
-    privacy_views(adapter, projector, a, b, detach_adapter=True).backward()
-    assert all(p.grad is None for p in adapter.parameters())
-    assert all(p.grad is not None for p in projector.parameters())
-    privacy_views(adapter, projector, a, b).backward()
-    assert adapter.blocks[0].attn.out_proj.weight.grad.abs().sum() > 0
 
 
 # ---------------------------------------------------------------- normalized_hsic

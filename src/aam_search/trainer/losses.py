@@ -4,7 +4,7 @@
 near the encoder's manifold, task co-training keeps utility, and the SimCLR NT-Xent between
 two static clips of the same video (L_B) is MAXIMISED so appearance no longer identifies a
 video. The adversarial variant (SPAct / TeD-SPAD style) instead lets a projector minimise
-L_B while the adapter maximises it; ``privacy_views`` serves both sides of that game.
+L_B while the adapter maximises it (both phases: ``trainer.objective``).
 L_HSIC (beyond the paper) is a non-adversarial dependence penalty between adapted features
 and the ``attr:`` labels: nothing to fool, so nothing a fresh attacker can see through.
 """
@@ -15,9 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from aam_search.trainer.model import mean_pool
+from torch import Tensor
 
 UNLABELLED = -1  # target value of a row that has no label for a task
 
@@ -165,40 +163,12 @@ def total_loss(
     return total if l_hsic is None else total + weights.hsic * l_hsic
 
 
-def privacy_views(
-    adapter: nn.Module,
-    projector: nn.Module,
-    static_a: Tensor,
-    static_b: Tensor,
-    temperature: float = 0.1,
-    detach_adapter: bool = False,
-) -> Tensor:
-    """NT-Xent between projected, pooled, adapted features of two static clips per video.
-
-    The adversarial loop calls it twice: once with ``detach_adapter=True`` to step the
-    projector (which minimises it, without building the adapter's graph), and once to
-    step the adapter (which maximises it through ``total_loss``).
-    """
-    if static_a.shape != static_b.shape:
-        raise ValueError(f"static views differ in shape: {tuple(static_a.shape)} vs {tuple(static_b.shape)}")
-    batch = static_a.shape[0]
-    both = torch.cat([static_a, static_b], dim=0)  # one adapter pass for both views
-    if detach_adapter:
-        with torch.no_grad():
-            adapted = adapter(both)
-    else:
-        adapted = adapter(both)
-    projected = projector(mean_pool(adapted))
-    return nt_xent(projected[:batch], projected[batch:], temperature)
-
-
 __all__ = [
     "UNLABELLED",
     "LossWeights",
     "latent_consistency",
     "normalized_hsic",
     "nt_xent",
-    "privacy_views",
     "task_loss",
     "total_loss",
 ]
