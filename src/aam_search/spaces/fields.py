@@ -10,14 +10,12 @@ from __future__ import annotations
 import difflib
 import typing
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from .errors import SpaceError
-
-if TYPE_CHECKING:
-    from .spec import ParamSpec
+from .param import ParamSpec
 
 
 # --- nesting ------------------------------------------------------------------------
