@@ -2,8 +2,8 @@
 
 Kinds (``ATTACKER_KINDS``):
 
-- ``linear``: L2-regularised logistic regression per attribute, full-batch L-BFGS (convex:
-  trained to its optimum);
+- ``linear``: L2-regularised logistic regression per attribute, full-batch L-BFGS in float64
+  (convex: trained to its optimum);
 - ``mlp``: the paper's attacker, ``Linear(d,d)-ReLU-Linear(d,A)``;
 - ``mlp_deep``: deeper and wider, two hidden layers of ``min(2d, 1024)`` units;
 - ``knn``: cosine kNN (``knn.py``).
@@ -43,9 +43,13 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 LINEAR_L2 = 1e-2  # on standardised features, as the utility probe
 LINEAR_MAX_ITER = 500
-LINEAR_TOLERANCE_GRAD = 1e-6
+# In float64: fp32 stalls near a gradient of 4e-5 on the demo (the loss stops changing in
+# float32), where members fitted jointly or alone still differ by 5e-3 in a weight; at these
+# tolerances both reach ~2e-7 and differ by ~5e-5, for ~0.3 s per protocol on the demo CPU.
+LINEAR_TOLERANCE_GRAD = 1e-7
+LINEAR_TOLERANCE_CHANGE = 1e-12
 # A member whose gradient is still above this after the joint L-BFGS is refitted alone.
-LINEAR_REFIT_GRAD = 1e-4
+LINEAR_REFIT_GRAD = 10 * LINEAR_TOLERANCE_GRAD
 _STREAMS = {"batches": 0, "linear": 1, "mlp": 2, "mlp_deep": 3, "knn": 4}
 
 
@@ -287,7 +291,7 @@ def _linear_loss(model: StackedMLP, inputs: torch.Tensor, labels: torch.Tensor, 
 
 def _lbfgs(model: StackedMLP, inputs: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> None:
     optimizer = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=LINEAR_MAX_ITER, history_size=20,
-                                  tolerance_grad=LINEAR_TOLERANCE_GRAD, tolerance_change=1e-9,
+                                  tolerance_grad=LINEAR_TOLERANCE_GRAD, tolerance_change=LINEAR_TOLERANCE_CHANGE,
                                   line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -310,22 +314,22 @@ def fit_linear(x: torch.Tensor, targets: torch.Tensor, train: torch.Tensor, mean
     while the others are done. A member whose own gradient is still above
     ``LINEAR_REFIT_GRAD`` is refitted alone (from its own initialisation).
     """
-    model = stacked("linear", x.shape[1], targets.shape[1], keys, seed, x.device)
-    inputs = (x[None] - mean) / std  # [M, N, D]
-    weight = (targets >= 0)[None].float() * train[..., None].float()
-    labels = targets.clamp_min(0).float()[None].expand(len(train), -1, -1)
+    model = stacked("linear", x.shape[1], targets.shape[1], keys, seed, x.device).double()
+    inputs = ((x[None] - mean) / std).double()  # [M, N, D]
+    weight = (targets >= 0)[None].double() * train[..., None].double()
+    labels = targets.clamp_min(0).double()[None].expand(len(train), -1, -1)
     _lbfgs(model, inputs, labels, weight)
     model.zero_grad(set_to_none=True)
     _linear_loss(model, inputs, labels, weight).backward()
     gradient = model.flat.grad.abs().amax(1).cpu()  # one read, after the fit
     model.flat.grad = None
     for member in (gradient > LINEAR_REFIT_GRAD).nonzero().squeeze(1).tolist():
-        alone = stacked("linear", x.shape[1], targets.shape[1], [keys[member]], seed, x.device)
+        alone = stacked("linear", x.shape[1], targets.shape[1], [keys[member]], seed, x.device).double()
         span = slice(member, member + 1)
         _lbfgs(alone, inputs[span], labels[span], weight[span])
         with torch.no_grad():
             model.flat[member] = alone.flat[0]
-    return model.eval()
+    return model.float().eval()
 
 
 @torch.no_grad()
