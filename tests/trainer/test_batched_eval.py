@@ -162,3 +162,19 @@ def test_a_finished_member_stops_moving():
     assert member_schedule(30, epochs=40, batch_size=ATTACK_BATCH)[1] < member_schedule(
         200, epochs=40, batch_size=ATTACK_BATCH)[1]
     assert torch.allclose(together.flat[0], alone.flat[0], atol=1e-5)
+
+
+def test_batches_do_not_depend_on_how_they_are_drawn_in_chunks(monkeypatch):
+    """Batches are drawn a chunk of steps at a time; the chunk size changes nothing."""
+    pool = torch.arange(10, 47)
+    whole = member_batches(pool, 16, 25, member_generator(0, (1, 2), "batches"))
+    stream = attackers.BatchStream(pool, 16, member_generator(0, (1, 2), "batches"))
+    assert torch.equal(torch.cat([stream.take(n) for n in (3, 1, 10, 11)]), whole)
+    x = torch.randn(150, 5, generator=torch.Generator().manual_seed(1))
+    labels = torch.stack([(x[:, 0] > 0).long(), (x[:, 1] > 0.5).long()], 1)
+    train = torch.stack([torch.arange(150) < 40, torch.arange(150) >= 20, torch.ones(150, dtype=torch.bool)])
+    fit = lambda: attackers.train_members(x, labels, train, ("mlp",), epochs=30, lr=ATTACK_LR,  # noqa: E731
+                                          batch_size=ATTACK_BATCH, seed=0)["mlp"][0].flat
+    big = fit()
+    monkeypatch.setattr(attackers, "PLAN_CHUNK", 7)
+    assert torch.allclose(fit(), big, atol=1e-6)

@@ -50,6 +50,7 @@ LINEAR_TOLERANCE_GRAD = 1e-7
 LINEAR_TOLERANCE_CHANGE = 1e-12
 # A member whose gradient is still above this after the joint L-BFGS is refitted alone.
 LINEAR_REFIT_GRAD = 10 * LINEAR_TOLERANCE_GRAD
+PLAN_CHUNK = 512  # steps of batches drawn and sent to the device at a time
 _STREAMS = {"batches": 0, "linear": 1, "mlp": 2, "mlp_deep": 3, "knn": 4}
 
 
@@ -103,13 +104,14 @@ class StackedMLP(nn.Module):
     def members(self) -> int:
         return len(self.flat)
 
-    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``(W [M, in, out], b [M, 1, out])`` per layer: views of ``flat``."""
+    def layers(self, flat: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(W [M, in, out], b [M, 1, out])`` per layer: views of ``flat`` (default: all members)."""
+        flat = self.flat if flat is None else flat
         out, start = [], 0
         for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
-            weight = self.flat[:, start : start + fan_in * fan_out].view(-1, fan_in, fan_out)
+            weight = flat[:, start : start + fan_in * fan_out].view(-1, fan_in, fan_out)
             start += fan_in * fan_out
-            bias = self.flat[:, start : start + fan_out].view(-1, 1, fan_out)
+            bias = flat[:, start : start + fan_out].view(-1, 1, fan_out)
             start += fan_out
             out.append((weight, bias))
         return out
@@ -118,8 +120,9 @@ class StackedMLP(nn.Module):
     def weights(self) -> list[torch.Tensor]:
         return [weight for weight, _ in self.layers()]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layers = self.layers()
+    def forward(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [M, B, D]``; ``flat``: the parameters of the members ``x`` is for (a slice of ``flat``)."""
+        layers = self.layers(flat)
         for index, (weight, bias) in enumerate(layers):
             x = torch.baddbmm(bias, x, weight)
             if index < len(layers) - 1:
@@ -152,11 +155,31 @@ def member_schedule(rows: int, *, epochs: int, batch_size: int) -> tuple[int, in
     return batch, max(epochs * -(-rows // batch), MIN_STEPS)
 
 
+class BatchStream:
+    """One member's batches: consecutive shuffles of its rows ``pool``, cut into ``batch`` rows;
+    taken in chunks of steps, the same sequence however it is chunked."""
+
+    def __init__(self, pool: torch.Tensor, batch: int, generator: torch.Generator) -> None:
+        self.pool, self.batch, self.generator = pool, batch, generator
+        self.order = pool[:0]
+
+    def take(self, steps: int) -> torch.Tensor:
+        """The next ``[steps, batch]`` row indices."""
+        need = steps * self.batch
+        parts = [self.order]
+        have = len(self.order)
+        while have < need:
+            shuffle = self.pool[torch.randperm(len(self.pool), generator=self.generator)]
+            parts.append(shuffle)
+            have += len(shuffle)
+        rows = torch.cat(parts)
+        self.order = rows[need:]
+        return rows[:need].view(steps, self.batch)
+
+
 def member_batches(pool: torch.Tensor, batch: int, steps: int, generator: torch.Generator) -> torch.Tensor:
-    """``[steps, batch]`` row indices: consecutive shuffles of ``pool``, cut into batches."""
-    need = steps * batch
-    shuffles = [pool[torch.randperm(len(pool), generator=generator)] for _ in range(-(-need // len(pool)))]
-    return torch.cat(shuffles)[:need].view(steps, batch)
+    """``[steps, batch]`` row indices of a member (``BatchStream`` taken at once)."""
+    return BatchStream(pool, batch, generator).take(steps)
 
 
 def cosine_lr(lr: float, step: int, steps: int) -> float:
@@ -176,7 +199,6 @@ class MemberAdamW:
     def __init__(self, parameters: list[torch.Tensor], budgets: list[int], *, lr: float, weight_decay: float) -> None:
         self.lr, self.weight_decay = lr, weight_decay
         self.groups: list[tuple[int, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]] = []
-        self.rows = [list(p.detach().unbind(0)) for p in parameters]
         first = [torch.zeros_like(p) for p in parameters]
         second = [torch.zeros_like(p) for p in parameters]
         device = parameters[0].device
@@ -243,43 +265,59 @@ def train_members(
     trained = [k for k in kinds if k in TRAINED_KINDS and k != "linear"]
     if not trained:
         return out
+    # Members sorted by budget, longest first: at every step the members still training are a
+    # prefix, and only they are computed (a long member's late steps cost one member's work).
+    pools = [mask.nonzero().squeeze(1).cpu() for mask in train]
+    schedules = [member_schedule(len(pool), epochs=epochs, batch_size=batch_size) for pool in pools]
+    order = sorted(range(len(pools)), key=lambda m: -schedules[m][1])
+    budgets = [schedules[m][1] for m in order]
+    streams = [BatchStream(pools[m], schedules[m][0], member_generator(seed, keys[m], "batches")) for m in order]
     dim, outputs = x.shape[1], targets.shape[1]
-    models = {kind: stacked(kind, dim, outputs, keys, seed, device) for kind in trained}
-    index, slots, budgets = _member_plan(train, keys, epochs=epochs, batch_size=batch_size, seed=seed)
-    index, slots = index.to(device), slots.to(device)
+    models = {kind: stacked(kind, dim, outputs, [keys[m] for m in order], seed, device) for kind in trained}
     parameters = [model.flat for model in models.values()]
     optimizer = MemberAdamW(parameters, budgets, lr=lr, weight_decay=ATTACK_WEIGHT_DECAY)
+    sorted_mean, sorted_std = mean[order], std[order]
     known = (targets >= 0).float()
     labels = targets.clamp_min(0).float()
-    for step in range(len(index)):
-        rows = index[step]  # [M, B]
-        inputs = (x[rows] - mean) / std
-        weight = known[rows] * slots[step, :, :, None]  # padding and finished members: no loss
-        per_member = weight.sum((1, 2)).clamp_min(1)
-        loss = x.new_zeros(())
-        for model in models.values():
-            losses = nn.functional.binary_cross_entropy_with_logits(model(inputs), labels[rows], reduction="none")
-            loss = loss + ((losses * weight).sum((1, 2)) / per_member).sum()
-        grads = torch.autograd.grad(loss, parameters)
-        optimizer.step(list(grads), step)
+    for start in range(0, budgets[0], PLAN_CHUNK):
+        index, slots = _plan_chunk(streams, budgets, [schedules[m][0] for m in order], start)
+        index, slots = index.to(device, non_blocking=True), slots.to(device, non_blocking=True)
+        for offset in range(len(index)):
+            step = start + offset
+            active = sum(budget > step for budget in budgets)  # host arithmetic, no sync
+            rows = index[offset, :active]  # [k, B]
+            inputs = (x[rows] - sorted_mean[:active]) / sorted_std[:active]
+            weight = known[rows] * slots[offset, :active, :, None]  # padding: no loss
+            per_member = weight.sum((1, 2)).clamp_min(1)
+            live = [model.flat[:active] for model in models.values()]
+            loss = x.new_zeros(())
+            for model, flat in zip(models.values(), live):
+                losses = nn.functional.binary_cross_entropy_with_logits(model(inputs, flat), labels[rows],
+                                                                        reduction="none")
+                loss = loss + ((losses * weight).sum((1, 2)) / per_member).sum()
+            optimizer.step(list(torch.autograd.grad(loss, live)), step)
+    inverse = torch.as_tensor(np.argsort(order), device=device)
+    for model in models.values():
+        with torch.no_grad():
+            model.flat.copy_(model.flat[inverse])  # back to the callers' order of members
     return out | {kind: (model.eval(), mean, std) for kind, model in models.items()}
 
 
-def _member_plan(train: torch.Tensor, keys: list[tuple[int, ...]], *, epochs: int, batch_size: int,
-                 seed: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Every member's batches ``[T, M, B]`` (padded to the longest budget and largest batch),
-    which slots are real ``[T, M, B]``, and each member's budget of steps. Drawn on the CPU
-    from the members' generators, moved to the device once."""
-    pools = [mask.nonzero().squeeze(1).cpu() for mask in train]
-    schedules = [member_schedule(len(pool), epochs=epochs, batch_size=batch_size) for pool in pools]
-    total = max(steps for _, steps in schedules)
-    widest = max(batch for batch, _ in schedules)
-    index = torch.zeros(total, len(pools), widest, dtype=torch.long)
-    slots = torch.zeros(total, len(pools), widest)
-    for member, (pool, (batch, steps), key) in enumerate(zip(pools, schedules, keys)):
-        index[:steps, member, :batch] = member_batches(pool, batch, steps, member_generator(seed, key, "batches"))
-        slots[:steps, member, :batch] = 1
-    return index, slots, [steps for _, steps in schedules]
+def _plan_chunk(streams: list[BatchStream], budgets: list[int], batches: list[int],
+                start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batches ``[C, k, B]`` of the steps ``start..start+C`` for the ``k`` members still
+    training at ``start`` (sorted by budget, longest first), padded to the widest batch, and
+    which slots are real. Drawn on the CPU from the members' own generators."""
+    steps = min(PLAN_CHUNK, budgets[0] - start)
+    active = sum(budget > start for budget in budgets)
+    widest = max(batches[:active])
+    index = torch.zeros(steps, active, widest, dtype=torch.long)
+    slots = torch.zeros(steps, active, widest)
+    for member in range(active):
+        count = min(steps, budgets[member] - start)
+        index[:count, member, : batches[member]] = streams[member].take(count)
+        slots[:count, member, : batches[member]] = 1
+    return index, slots
 
 
 def _linear_loss(model: StackedMLP, inputs: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
