@@ -178,3 +178,15 @@ def test_batches_do_not_depend_on_how_they_are_drawn_in_chunks(monkeypatch):
     big = fit()
     monkeypatch.setattr(attackers, "PLAN_CHUNK", 7)
     assert torch.allclose(fit(), big, atol=1e-6)
+
+
+def test_evaluation_runs_at_full_float32_precision_and_restores_the_setting():
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # as a training loop may set it (TF32 on a GPU)
+    try:
+        with attackers.full_precision():
+            assert torch.get_float32_matmul_precision() == "highest"
+            assert not torch.backends.cudnn.allow_tf32
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)

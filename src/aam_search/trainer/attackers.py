@@ -22,6 +22,8 @@ the loop reads a value back to the host, so it runs on the features' device unch
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -52,6 +54,20 @@ LINEAR_TOLERANCE_CHANGE = 1e-12
 LINEAR_REFIT_GRAD = 10 * LINEAR_TOLERANCE_GRAD
 PLAN_CHUNK = 512  # steps of batches drawn and sent to the device at a time
 _STREAMS = {"batches": 0, "linear": 1, "mlp": 2, "mlp_deep": 3, "knn": 4}
+
+
+@contextmanager
+def full_precision() -> Iterator[None]:
+    """float32 matmuls at full precision (no TF32) inside, whatever training chose outside: an
+    evaluation's numbers must not depend on the device beyond float rounding."""
+    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def hidden_sizes(kind: str, dim: int) -> list[int]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from aam_search.features.cache import FeatureCache, write_json_atomic
+from aam_search.trainer.attackers import full_precision
 from aam_search.trainer.config import EvalConfig
 from aam_search.trainer.data import task_names, task_num_classes
 from aam_search.trainer.feature_eval import Transform, evaluate_privacy, evaluate_utility
@@ -83,25 +84,27 @@ def evaluate_features(
 
     Runs where ``transform`` puts the features, or on ``device`` (the raw baseline has no
     transform: give it the trial's device); the numbers do not depend on it beyond float
-    rounding (generators, initial weights and batches are drawn on the CPU)."""
+    rounding (generators, initial weights and batches are drawn on the CPU; matmuls at full
+    float32 precision, no TF32)."""
     resampler = None
     if config.bootstrap_resamples:
         resampler = Resampler.draw(cache.video_indices(config.split), config.bootstrap_resamples,
                                    seed=config.bootstrap_seed)
     samples: dict[str, np.ndarray] = {}
-    tasks = {
-        task: evaluate_utility(cache, transform, config.split, task=task, seed=seed, epochs=config.probe_epochs,
-                               resampler=resampler, samples=samples, device=device)
-        for task in task_names(cache)
-    }
-    for task in config.unseen_tasks:
-        if task in tasks:
-            tasks[task]["unseen"] = True
-    privacy = evaluate_privacy(
-        cache, transform, config.split, protocols=config.protocols, seed=seed, epochs=config.attacker_epochs,
-        attackers=config.attackers, crossfit_folds=config.crossfit_folds, knn_k=config.knn_k,
-        resampler=resampler, samples=samples, device=device,
-    )
+    with full_precision():
+        tasks = {
+            task: evaluate_utility(cache, transform, config.split, task=task, seed=seed, epochs=config.probe_epochs,
+                                   resampler=resampler, samples=samples, device=device)
+            for task in task_names(cache)
+        }
+        for task in config.unseen_tasks:
+            if task in tasks:
+                tasks[task]["unseen"] = True
+        privacy = evaluate_privacy(
+            cache, transform, config.split, protocols=config.protocols, seed=seed, epochs=config.attacker_epochs,
+            attackers=config.attackers, crossfit_folds=config.crossfit_folds, knn_k=config.knn_k,
+            resampler=resampler, samples=samples, device=device,
+        )
     result = {"tasks": tasks, "privacy": privacy}
     if resampler is not None:
         result.update(_intervals(tasks, privacy, samples))
