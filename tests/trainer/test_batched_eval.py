@@ -19,10 +19,10 @@ from aam_search.trainer.attackers import (
     initial_parameters,
     hidden_sizes,
     make_attacker,
-    member_batches,
     member_generator,
     member_schedule,
 )
+from aam_search.trainer.member_optim import BatchStream, member_batches
 from aam_search.trainer.feature_eval import measure_protocols
 from aam_search.trainer.resampling import Resampler
 from aam_search.trainer.suite_fit import ProtocolRows, fit_suite, plan_members
@@ -168,7 +168,7 @@ def test_batches_do_not_depend_on_how_they_are_drawn_in_chunks(monkeypatch):
     """Batches are drawn a chunk of steps at a time; the chunk size changes nothing."""
     pool = torch.arange(10, 47)
     whole = member_batches(pool, 16, 25, member_generator(0, (1, 2), "batches"))
-    stream = attackers.BatchStream(pool, 16, member_generator(0, (1, 2), "batches"))
+    stream = BatchStream(pool, 16, member_generator(0, (1, 2), "batches"))
     assert torch.equal(torch.cat([stream.take(n) for n in (3, 1, 10, 11)]), whole)
     x = torch.randn(150, 5, generator=torch.Generator().manual_seed(1))
     labels = torch.stack([(x[:, 0] > 0).long(), (x[:, 1] > 0.5).long()], 1)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import aam_search.trainer.feature_eval as feature_eval
 import aam_search.trainer.suite_fit as suite_fit
 from aam_search.trainer.evaluation import attack, average_precision, linear_probe
 from aam_search.trainer.feature_eval import ATTACKERS, evaluate_privacy, evaluate_utility, pooled

@@ -14,20 +14,21 @@ is defined alone: its initialisation and its batches come from its own generator
 the evaluation seed and the member's key), its batch size, step budget and cosine schedule
 from its own row count. Training the members together is then the same computation as
 training each alone: every layer is one batched matmul over members, AdamW is elementwise
-(``MemberAdamW``: each member on its own cosine schedule), and a member past its own budget
+(``member_optim.MemberAdamW``: each member on its own cosine schedule), and a member past its own budget
 gets no loss and no update, so it stays where it stopped while the others go on. Nothing in
 the loop reads a value back to the host, so it runs on the features' device unchanged.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import nn
+
+from aam_search.trainer.member_optim import BatchStream, MemberAdamW
 
 ATTACKER_KINDS = ("linear", "mlp", "mlp_deep", "knn")
 TRAINED_KINDS = ("linear", "mlp", "mlp_deep")
@@ -41,8 +42,6 @@ MIN_STEPS = 300
 ATTACK_BATCH = 64
 ATTACK_LR = 3e-3
 ATTACK_WEIGHT_DECAY = 1e-4
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
 LINEAR_L2 = 1e-2  # on standardised features, as the utility probe
 LINEAR_MAX_ITER = 500
 # In float64: fp32 stalls near a gradient of 4e-5 on the demo (the loss stops changing in
@@ -169,84 +168,6 @@ def member_schedule(rows: int, *, epochs: int, batch_size: int) -> tuple[int, in
     """``(batch, steps)`` of a member with ``rows`` training rows."""
     batch = min(batch_size, rows)
     return batch, max(epochs * -(-rows // batch), MIN_STEPS)
-
-
-class BatchStream:
-    """One member's batches: consecutive shuffles of its rows ``pool``, cut into ``batch`` rows;
-    taken in chunks of steps, the same sequence however it is chunked."""
-
-    def __init__(self, pool: torch.Tensor, batch: int, generator: torch.Generator) -> None:
-        self.pool, self.batch, self.generator = pool, batch, generator
-        self.order = pool[:0]
-
-    def take(self, steps: int) -> torch.Tensor:
-        """The next ``[steps, batch]`` row indices."""
-        need = steps * self.batch
-        parts = [self.order]
-        have = len(self.order)
-        while have < need:
-            shuffle = self.pool[torch.randperm(len(self.pool), generator=self.generator)]
-            parts.append(shuffle)
-            have += len(shuffle)
-        rows = torch.cat(parts)
-        self.order = rows[need:]
-        return rows[:need].view(steps, self.batch)
-
-
-def member_batches(pool: torch.Tensor, batch: int, steps: int, generator: torch.Generator) -> torch.Tensor:
-    """``[steps, batch]`` row indices of a member (``BatchStream`` taken at once)."""
-    return BatchStream(pool, batch, generator).take(steps)
-
-
-def cosine_lr(lr: float, step: int, steps: int) -> float:
-    """The learning rate of ``step`` (0-based) of ``steps``: cosine decay, 0 once past them."""
-    return lr * 0.5 * (1 + math.cos(math.pi * step / steps)) if step < steps else 0.0
-
-
-class MemberAdamW:
-    """AdamW (``torch.optim.AdamW``'s update, fused where torch has the kernel) on stacked
-    ``[M, ...]`` parameters, each member on its own schedule.
-
-    Members with the same step budget share their learning rate at every step, so each such
-    group is one fused multi-tensor update over its members' rows; a member past its budget is
-    left out of every update (weights and moments stay as they were when it finished).
-    """
-
-    def __init__(self, parameters: list[torch.Tensor], budgets: list[int], *, lr: float, weight_decay: float) -> None:
-        self.lr, self.weight_decay = lr, weight_decay
-        self.groups: list[tuple[int, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]] = []
-        first = [torch.zeros_like(p) for p in parameters]
-        second = [torch.zeros_like(p) for p in parameters]
-        device = parameters[0].device
-        self.fused = device.type in ("cpu", "cuda") and hasattr(torch, "_fused_adamw_")
-        for steps in sorted(set(budgets)):
-            members = [m for m, budget in enumerate(budgets) if budget == steps]
-            pick = lambda tensors: [t[m] for t in tensors for m in members]  # noqa: E731
-            counters = [torch.zeros((), device=device) for _ in range(len(members) * len(parameters))]
-            self.groups.append((steps, members, pick([p.detach() for p in parameters]), pick(first), pick(second),
-                                counters))
-
-    @torch.no_grad()
-    def step(self, grads: list[torch.Tensor], step: int) -> None:
-        """Update every member still within its budget at ``step`` (0-based)."""
-        beta1, beta2 = ADAM_BETAS
-        for steps, members, params, first, second, counters in self.groups:
-            if step >= steps:
-                continue
-            rate = cosine_lr(self.lr, step, steps)
-            member_grads = [g[m] for g in grads for m in members]
-            torch._foreach_add_(counters, 1.0)
-            if self.fused:
-                torch._fused_adamw_(params, member_grads, first, second, [], counters, lr=rate, beta1=beta1,
-                                    beta2=beta2, weight_decay=self.weight_decay, eps=ADAM_EPS, amsgrad=False,
-                                    maximize=False)
-                continue
-            correction1, correction2 = 1 - beta1 ** (step + 1), math.sqrt(1 - beta2 ** (step + 1))
-            for p, g, m, v in zip(params, member_grads, first, second):
-                p.mul_(1 - rate * self.weight_decay)
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                p.addcdiv_(m, v.sqrt().div_(correction2).add_(ADAM_EPS), value=-rate / correction1)
 
 
 def train_members(
