@@ -190,3 +190,30 @@ def test_evaluation_runs_at_full_float32_precision_and_restores_the_setting():
         assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_unfused_adamw_fallback_matches_the_fused_kernel():
+    """Devices without torch's fused AdamW kernel take the plain update: the same numbers."""
+    from aam_search.trainer.member_optim import MemberAdamW
+
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(3, 20, generator=g)
+    grads = [torch.randn(3, 20, generator=g) for _ in range(12)]
+    budgets = [12, 5, 12]  # member 1 stops after 5 steps
+    results = []
+    for fused in (True, False):
+        flat = start.clone()
+        optimizer = MemberAdamW([flat], budgets, lr=1e-2, weight_decay=1e-2)
+        optimizer.fused = fused
+        for step, grad in enumerate(grads):
+            optimizer.step([grad], step)
+        results.append(flat)
+    assert torch.allclose(results[0], results[1], atol=1e-6)
+    reference = start[1].clone().requires_grad_()
+    plain = torch.optim.AdamW([reference], lr=1e-2, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(plain, lambda step: 0.5 * (1 + np.cos(np.pi * step / 5)))
+    for grad in grads[:5]:
+        reference.grad = grad[1].clone()
+        plain.step()
+        schedule.step()
+    assert torch.allclose(results[1][1], reference.detach(), atol=1e-6)  # stopped where it would alone
