@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import aam_search.trainer.feature_eval as feature_eval
+import aam_search.trainer.suite_fit as suite_fit
 from aam_search.trainer.evaluation import attack, average_precision, linear_probe
 from aam_search.trainer.feature_eval import ATTACKERS, evaluate_privacy, evaluate_utility, pooled
 
@@ -239,13 +239,13 @@ def _noise(seed: int):
 
 def test_leaky_adapter_is_caught_on_both_protocols(small_cache, monkeypatch):
     calls = []
-    real_train = feature_eval.train_members
+    real_train = suite_fit.train_members
 
     def recording_train(x, labels, train, kinds, **kwargs):
         calls.append((len(x), train.sum(1).tolist()))
         return real_train(x, labels, train, kinds, **kwargs)
 
-    monkeypatch.setattr(feature_eval, "train_members", recording_train)
+    monkeypatch.setattr(suite_fit, "train_members", recording_train)
     names = small_cache.meta["attr_names"]
     leaked = names[0]
     result = evaluate_privacy(small_cache, _leaky(small_cache, 0), "val", protocols=("static", "clip"),
@@ -282,13 +282,19 @@ def test_leaky_adapter_is_caught_on_both_protocols(small_cache, monkeypatch):
             sizes.append(int(np.isin(owner.numpy(), videos).sum()))
         expected[protocol] = tuple(sizes)
     assert is_image[small_cache.video_indices("train", with_attrs=True)].any()  # the fixture has images
-    # Per protocol: train-then-score (train rows + eval rows, trained on the train rows), then
-    # the cross-fit on the evaluation rows alone, each fold model trained on the other folds.
-    for (train_call, crossfit_call), protocol in zip((calls[:2], calls[2:]), ("static", "clip")):
+    # One fit for every member of both protocols (their rows side by side). Per protocol:
+    # train-then-score (trained on the train rows), then the cross-fit's fold members, each
+    # trained on the evaluation rows of the other folds.
+    (rows, sizes), = calls
+    assert rows == sum(n_train + n_eval for n_train, n_eval in expected.values())
+    for protocol in ("static", "clip"):
         n_train, n_eval = expected[protocol]
-        assert train_call == (n_train + n_eval, [n_train])
-        assert crossfit_call[0] == n_eval and all(0 < n < n_eval for n in crossfit_call[1])
-        assert sum(n_eval - n for n in crossfit_call[1]) == n_eval  # each row held out once
+        folds = result[protocol]["crossfit_folds"]
+        assert folds >= 2
+        members, sizes = sizes[: 1 + folds], sizes[1 + folds :]  # train-then-score, then the folds
+        assert members[0] == n_train and all(0 < n < n_eval for n in members[1:])
+        assert sum(n_eval - n for n in members[1:]) == n_eval  # each evaluation row scored once
+    assert sizes == []
     assert expected["static"] != expected["clip"]
 
 

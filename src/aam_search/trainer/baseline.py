@@ -14,8 +14,10 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
 from aam_search.features.cache import FeatureCache, write_json_atomic
+from aam_search.trainer.attackers import full_precision
 from aam_search.trainer.config import EvalConfig
 from aam_search.trainer.data import task_names, task_num_classes
 from aam_search.trainer.feature_eval import Transform, evaluate_privacy, evaluate_utility
@@ -23,8 +25,11 @@ from aam_search.trainer.resampling import Resampler, percentile_ci
 
 # Bump when the evaluation itself changes (probe or attacker training), so that caches keep
 # no baseline measured by older code. 3: the attacker suite (linear, mlp, mlp_deep, knn),
-# cross-fitting, bootstrap intervals and the worst case over protocols.
-EVALUATION_VERSION = 3
+# cross-fitting, bootstrap intervals and the worst case over protocols. 4: every attacker fit
+# (member) is defined alone: its own generators (initial weights, batches), batch size, step
+# budget and cosine schedule, so batched training reproduces one-at-a-time training; the
+# random draws differ from 3's, so numbers move within seed noise.
+EVALUATION_VERSION = 4
 # EvalConfig fields that do not change a measured number, so not part of the baseline's key.
 _NOT_IN_KEY = {"primary_protocol", "unseen_tasks"}
 
@@ -71,35 +76,44 @@ def _intervals(tasks: dict[str, Any], privacy: dict[str, Any], samples: dict[str
 
 
 def evaluate_features(
-    cache: FeatureCache, transform: Transform | None, config: EvalConfig, *, seed: int
+    cache: FeatureCache, transform: Transform | None, config: EvalConfig, *, seed: int,
+    device: torch.device | str | None = None,
 ) -> dict[str, Any]:
     """Utility of every task and leakage of every protocol, for one feature transform, with
-    per-video bootstrap intervals (``ci``) unless ``config.bootstrap_resamples`` is 0."""
+    per-video bootstrap intervals (``ci``) unless ``config.bootstrap_resamples`` is 0.
+
+    Runs where ``transform`` puts the features, or on ``device`` (the raw baseline has no
+    transform: give it the trial's device); the numbers do not depend on it beyond float
+    rounding (generators, initial weights and batches are drawn on the CPU; matmuls at full
+    float32 precision, no TF32)."""
     resampler = None
     if config.bootstrap_resamples:
         resampler = Resampler.draw(cache.video_indices(config.split), config.bootstrap_resamples,
                                    seed=config.bootstrap_seed)
     samples: dict[str, np.ndarray] = {}
-    tasks = {
-        task: evaluate_utility(cache, transform, config.split, task=task, seed=seed, epochs=config.probe_epochs,
-                               resampler=resampler, samples=samples)
-        for task in task_names(cache)
-    }
-    for task in config.unseen_tasks:
-        if task in tasks:
-            tasks[task]["unseen"] = True
-    privacy = evaluate_privacy(
-        cache, transform, config.split, protocols=config.protocols, seed=seed, epochs=config.attacker_epochs,
-        attackers=config.attackers, crossfit_folds=config.crossfit_folds, knn_k=config.knn_k,
-        resampler=resampler, samples=samples,
-    )
+    with full_precision():
+        tasks = {
+            task: evaluate_utility(cache, transform, config.split, task=task, seed=seed, epochs=config.probe_epochs,
+                                   resampler=resampler, samples=samples, device=device)
+            for task in task_names(cache)
+        }
+        for task in config.unseen_tasks:
+            if task in tasks:
+                tasks[task]["unseen"] = True
+        privacy = evaluate_privacy(
+            cache, transform, config.split, protocols=config.protocols, seed=seed, epochs=config.attacker_epochs,
+            attackers=config.attackers, crossfit_folds=config.crossfit_folds, knn_k=config.knn_k,
+            resampler=resampler, samples=samples, device=device,
+        )
     result = {"tasks": tasks, "privacy": privacy}
     if resampler is not None:
         result.update(_intervals(tasks, privacy, samples))
     return result
 
 
-def raw_baseline(cache: FeatureCache, config: EvalConfig, *, seed: int) -> dict[str, Any]:
+def raw_baseline(cache: FeatureCache, config: EvalConfig, *, seed: int,
+                 device: torch.device | str | None = None) -> dict[str, Any]:
+    """The identity adapter's evaluation, read from the cache or measured (on ``device``) and stored."""
     settings = {**config.model_dump(mode="json", exclude=_NOT_IN_KEY), "seed": seed,
                 "evaluation_version": EVALUATION_VERSION}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -109,7 +123,7 @@ def raw_baseline(cache: FeatureCache, config: EvalConfig, *, seed: int) -> dict[
             return json.loads(path.read_text())
         except json.JSONDecodeError:
             pass  # a damaged file is recomputed and replaced
-    baseline = {"settings": settings, **evaluate_features(cache, None, config, seed=seed)}
+    baseline = {"settings": settings, **evaluate_features(cache, None, config, seed=seed, device=device)}
     path.parent.mkdir(exist_ok=True)
     write_json_atomic(path, baseline)
     return baseline

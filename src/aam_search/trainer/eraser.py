@@ -89,7 +89,7 @@ def _cross_covariance(x: Tensor, labels: Tensor) -> Tensor:
     for j in range(labels.shape[1]):
         known = labels[:, j] >= 0
         if int(known.sum()) < 2:
-            columns.append(torch.zeros(x.shape[1], dtype=x.dtype))
+            columns.append(torch.zeros(x.shape[1], dtype=x.dtype, device=x.device))
             continue
         xs, z = x[known], labels[known, j].to(x.dtype)
         columns.append((xs - xs.mean(0)).T @ (z - z.mean()) / (len(z) - 1))
@@ -106,7 +106,8 @@ def fit_eraser(views: Mapping[str, tuple[Tensor, Tensor]], attr_names: Sequence[
                              f"got {tuple(x.shape)} and {tuple(y.shape)}")
         labelled = (y >= 0).any(dim=1)
         if int(labelled.sum()) >= 2:
-            rows[name] = (x[labelled].double(), y[labelled])
+            labelled = labelled.to(x.device)
+            rows[name] = (x[labelled].double(), y.to(x.device)[labelled])
     if not rows:
         raise ValueError("the eraser needs at least 2 train rows with attr: labels, and there are none")
     everything = torch.cat([x for x, _ in rows.values()])

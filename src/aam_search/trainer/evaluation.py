@@ -20,11 +20,11 @@ from aam_search.trainer.attackers import (
     ATTACK_BATCH,
     ATTACK_LR,
     ATTACKER_KINDS,
-    knn_members,
     make_attacker,
     member_scores,
     train_members,
 )
+from aam_search.trainer.knn import knn_members
 
 __all__ = ["AttackResult", "ProbeResult", "attack", "attribute_cmap", "average_precision", "linear_probe",
            "make_attacker"]
@@ -85,7 +85,7 @@ def _fit_lbfgs(model: nn.Module, inputs: torch.Tensor, loss_fn, *, l2: float, ma
         model.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
         tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe",
     )
-    everything = torch.arange(len(inputs))
+    everything = torch.arange(len(inputs), device=inputs.device)
     weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
 
     def closure() -> torch.Tensor:
@@ -139,18 +139,19 @@ def attack(
     """
     if kind not in ATTACKER_KINDS:
         raise ValueError(f"unknown attacker kind {kind!r} ({', '.join(ATTACKER_KINDS)})")
-    x = torch.cat([train_x.float(), eval_x.float()])
-    targets = torch.cat([train_attrs, eval_attrs])
+    x = torch.cat([train_x.float(), eval_x.float().to(train_x.device)])
+    targets = torch.cat([train_attrs.cpu(), eval_attrs.cpu()])
     train = torch.zeros(1, len(x), dtype=torch.bool)
     train[0, : len(train_x)] = True
+    query = x[len(train_x) :]
     if kind == "knn":
         owner = torch.arange(len(x)) if train_video is None else torch.cat(
-            [train_video.long(), torch.full((len(eval_x),), -1, dtype=torch.long)])
-        scores, _ = knn_members(x, targets, owner, train, eval_x.float(), k=knn_k, seed=seed)
+            [train_video.long().cpu(), torch.full((len(eval_x),), -1, dtype=torch.long)])
+        scores, _ = knn_members(x, targets, owner, train, query, k=knn_k, seed=seed)
     else:
         fitted = train_members(x, targets, train, (kind,), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-        scores = member_scores(fitted[kind], eval_x.float())
-    per_attr, chance = attribute_cmap(scores[0].numpy(), eval_attrs.numpy(), attr_names)
+        scores = member_scores(fitted[kind], query)
+    per_attr, chance = attribute_cmap(scores[0].cpu().numpy(), eval_attrs.cpu().numpy(), attr_names)
     if not per_attr:
         raise ValueError("no attribute has both positive and negative evaluation labels")
     return AttackResult(
@@ -185,9 +186,11 @@ def linear_probe(
     video share the label). ``eval_groups`` (per clip) gives per-group top-1 for the bias
     protocol.
     """
-    train_x, eval_x = _standardize(train_x.float(), eval_x.float())
+    device = train_x.device
+    train_x, eval_x = _standardize(train_x.float(), eval_x.float().to(device))
+    train_y = train_y.to(device)
     torch.manual_seed(seed)
-    model = nn.Linear(train_x.shape[1], num_classes)
+    model = nn.Linear(train_x.shape[1], num_classes).to(device)  # initialised on the CPU: same on every device
 
     def loss_fn(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, train_y[index])
@@ -197,14 +200,15 @@ def linear_probe(
     # ``batch_size`` are kept for callers but unused; ``epochs`` scales the iteration cap.
     _fit_lbfgs(model, train_x, loss_fn, l2=PROBE_L2, max_iter=max(10 * epochs, 500))
     with torch.no_grad():
-        logits = model(eval_x)
+        logits = model(eval_x).cpu()  # [clips, classes]: small; the rest is bookkeeping on the host
+    eval_y, eval_video = eval_y.cpu(), eval_video.cpu()
     videos, inverse = torch.unique(eval_video, return_inverse=True)
     summed = torch.zeros(len(videos), num_classes).index_add_(0, inverse, logits)
     video_label = torch.zeros(len(videos), dtype=torch.long).scatter_(0, inverse, eval_y)
     correct = (summed.argmax(1) == video_label).float()
     per_group: dict[str, float] = {}
     if eval_groups is not None and group_names is not None:
-        video_group = torch.zeros(len(videos), dtype=torch.long).scatter_(0, inverse, eval_groups)
+        video_group = torch.zeros(len(videos), dtype=torch.long).scatter_(0, inverse, eval_groups.cpu())
         for code, name in enumerate(group_names):
             members = video_group == code
             if members.any():

@@ -13,6 +13,9 @@ video and stratified by the attribute labels: the adapter never saw those videos
 attackers learn the adapted features' own distribution). Out-of-fold scores, as ranks within
 their fold, are pooled into one AP per attribute. A protocol's ``cmap`` is the strongest
 attacker of either fit.
+
+Evaluation runs on the device of the pooled features (the trial's); only scores come back to
+the host, for the APs and the bootstrap.
 """
 
 from __future__ import annotations
@@ -25,16 +28,12 @@ import torch
 
 from aam_search.features.cache import CacheError, FeatureCache
 from aam_search.trainer.data import task_num_classes, video_targets
-from aam_search.trainer.attackers import (
-    ATTACK_BATCH,
-    ATTACK_LR,
-    ATTACKER_KINDS,
-    knn_members,
-    member_scores,
-    train_members,
-)
+from aam_search.trainer.attackers import ATTACKER_KINDS
 from aam_search.trainer.evaluation import attribute_cmap, linear_probe
-from aam_search.trainer.resampling import Resampler, enough_videos, percentile_ci, video_folds, weighted_average_precision
+from aam_search.trainer.resampling import Resampler, enough_videos, percentile_ci, weighted_average_precision
+from aam_search.trainer.suite_fit import PROTOCOL_CODES, Member, ProtocolRows, crossfit_masks, fit_suite, plan_members
+
+_crossfit_masks = crossfit_masks  # the name the tests know
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 ATTACKERS = ATTACKER_KINDS
@@ -43,17 +42,23 @@ CROSSFIT_FOLDS = 5
 
 
 @torch.no_grad()
-def pooled(features: torch.Tensor, transform: Transform | None, batch_size: int = 1024) -> torch.Tensor:
-    """Apply ``transform`` to ``[N, L, D]`` token features in batches, then mean over L."""
+def pooled(features: torch.Tensor, transform: Transform | None, batch_size: int = 1024,
+           device: torch.device | str | None = None) -> torch.Tensor:
+    """Apply ``transform`` to ``[N, L, D]`` token features in batches, then mean over L.
+
+    The result stays where the transform put it (the trial's device), or goes to ``device``
+    when given: evaluation then runs there. Without either it is on the features' device."""
     out = []
     for start in range(0, len(features), batch_size):
-        chunk = features[start : start + batch_size].float()
+        chunk = features[start : start + batch_size]
+        chunk = (chunk.to(device, non_blocking=True) if device is not None else chunk).float()
         if transform is not None:
             chunk = transform(chunk).float()
-        out.append(chunk.mean(dim=1).cpu())
+        out.append(chunk.mean(dim=1))
     if not out:
-        return torch.zeros(0, features.shape[-1])
-    return torch.cat(out)
+        return torch.zeros(0, features.shape[-1], device=device)
+    pooled_rows = torch.cat(out)
+    return pooled_rows.to(device) if device is not None else pooled_rows
 
 
 def _rows_of(owner: torch.Tensor, videos: np.ndarray) -> torch.Tensor:
@@ -91,6 +96,7 @@ def evaluate_utility(
     epochs: int = 60,
     resampler: Resampler | None = None,
     samples: dict[str, np.ndarray] | None = None,
+    device: torch.device | str | None = None,
 ) -> dict[str, Any]:
     """Linear-probe top-1 for ``task`` ("action" or "task:<name>") on ``split``.
 
@@ -107,8 +113,8 @@ def evaluate_utility(
         raise ValueError(f"{cache.path}: no videos labelled for {task} in train and {split}")
     train_rows = _rows_of(cache.clip_video, train_videos)
     eval_rows = _rows_of(cache.clip_video, eval_videos)
-    train_x = pooled(cache.clip_features[train_rows], transform)
-    eval_x = pooled(cache.clip_features[eval_rows], transform)
+    train_x = pooled(cache.clip_features[train_rows], transform, device=device)
+    eval_x = pooled(cache.clip_features[eval_rows], transform, device=device)
     eval_owner = cache.clip_video[eval_rows]
     groups = None
     group_names = None
@@ -133,30 +139,6 @@ def evaluate_utility(
         summary["group_gap"] = max(result.per_group.values()) - min(result.per_group.values())
     summary.update(_utility_ci(result, resampler, samples, task))
     return summary
-
-
-def _crossfit_masks(eval_videos: np.ndarray, strata: np.ndarray, owner: np.ndarray, folds: int,
-                    seed: int) -> tuple[np.ndarray, torch.Tensor]:
-    """Fold of each evaluation row, and ``[K, N]`` training masks (all rows not in fold k).
-
-    ``eval_videos`` sorted, ``strata`` one label row per video, ``owner`` the video of each row.
-    """
-    fold_of_video = video_folds(eval_videos, strata, folds, seed)
-    fold = fold_of_video[np.searchsorted(eval_videos, owner)]
-    masks = torch.from_numpy(fold[None, :] != np.arange(folds)[:, None])
-    return fold, masks
-
-
-def _fit_scores(x: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor, train: torch.Tensor,
-                query: torch.Tensor, kinds: tuple[str, ...], *, epochs: int, seed: int,
-                knn_k: int | None) -> tuple[dict[str, torch.Tensor], list[int]]:
-    """Scores ``[M, Q, A]`` of every kind's members on ``query``, and the members' kNN k."""
-    fitted = train_members(x, labels, train, kinds, epochs=epochs, lr=ATTACK_LR, batch_size=ATTACK_BATCH, seed=seed)
-    scores = {kind: member_scores(model, query) for kind, model in fitted.items()}
-    chosen: list[int] = []
-    if "knn" in kinds:
-        scores["knn"], chosen = knn_members(x, labels, owner, train, query, k=knn_k, seed=seed)
-    return {kind: scores[kind] for kind in kinds}, chosen
 
 
 def within_fold_ranks(scores: np.ndarray, fold: np.ndarray) -> np.ndarray:
@@ -190,32 +172,67 @@ def _bootstrap_cmap(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray,
         return np.nanmean(np.stack(per_attribute), axis=0) if per_attribute else np.full(len(weights), np.nan)
 
 
-def measure_protocol(x: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor, n_train: int,
-                      names: list[str], *, kinds: tuple[str, ...], folds: int, epochs: int, seed: int,
-                      knn_k: int | None, resampler: Resampler | None) -> tuple[dict[str, Any], np.ndarray | None]:
-    """One protocol: both fits of every attacker, the strongest, intervals; and its draws."""
-    eval_x, eval_labels, eval_owner = x[n_train:], labels[n_train:], owner[n_train:].numpy()
-    eval_videos = np.unique(eval_owner)
+def _fit_scores_of(rows: ProtocolRows, members: list[Member], fold: np.ndarray | None,
+                   scores: dict[str, list[np.ndarray]], chosen: list[int | None]) -> tuple[dict, dict]:
+    """One protocol's members' scores as ``fit -> kind -> [N_eval, A]`` (the cross-fit's
+    out-of-fold scores as within-fold ranks), and the kNN k of each fit."""
     fit_scores: dict[str, dict[str, np.ndarray]] = {}
     knn_k_used: dict[str, Any] = {}
-    train = torch.zeros(1, len(x), dtype=torch.bool)
-    train[0, :n_train] = True
-    scores, chosen = _fit_scores(x, labels, owner, train, eval_x, kinds, epochs=epochs, seed=seed, knn_k=knn_k)
-    fit_scores["train"] = {kind: s[0].numpy() for kind, s in scores.items()}
-    if chosen:
+    n_eval = len(rows.x) - rows.n_train
+    for kind, per_member in scores.items():
+        for member, member_scores in zip(members, per_member):
+            if member.fit == "train":
+                fit_scores.setdefault("train", {})[kind] = member_scores
+            else:
+                out = fit_scores.setdefault("crossfit", {}).setdefault(
+                    kind, np.zeros((n_eval, rows.labels.shape[1])))
+                out[member.query.numpy() - rows.n_train] = member_scores
+    if fold is not None:
+        fit_scores["crossfit"] = {kind: within_fold_ranks(s, fold) for kind, s in fit_scores["crossfit"].items()}
+    if any(k is not None for k in chosen):
         knn_k_used["train"] = chosen[0]
-    folds = min(folds, len(eval_videos))
-    if folds >= 2:
-        strata = eval_labels.numpy()[_first_row(eval_owner, eval_videos)]
-        fold, masks = _crossfit_masks(eval_videos, strata, eval_owner, folds, seed)
-        scores, chosen = _fit_scores(eval_x, eval_labels, owner[n_train:], masks, eval_x, kinds,
-                                     epochs=epochs, seed=seed, knn_k=knn_k)
-        rows = torch.arange(len(eval_x))
-        fit_scores["crossfit"] = {kind: within_fold_ranks(s[torch.from_numpy(fold), rows].numpy(), fold)
-                                  for kind, s in scores.items()}
-        if chosen:
-            knn_k_used["crossfit"] = chosen
-    label_np = eval_labels.numpy()
+        if len(members) > 1:
+            knn_k_used["crossfit"] = chosen[1:]
+    return fit_scores, knn_k_used
+
+
+def measure_protocol(x: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor, n_train: int,
+                     names: list[str], *, kinds: tuple[str, ...], folds: int, epochs: int, seed: int,
+                     knn_k: int | None, resampler: Resampler | None, code: int = 0,
+                     batched: bool = True) -> tuple[dict[str, Any], np.ndarray | None]:
+    """One protocol: both fits of every attacker, the strongest, intervals; and its draws."""
+    (out, draws), = measure_protocols([ProtocolRows(x, labels, owner, n_train, code)], names, kinds=kinds,
+                                      folds=folds, epochs=epochs, seed=seed, knn_k=knn_k, resampler=resampler,
+                                      batched=batched)
+    return out, draws
+
+
+def measure_protocols(protocols: list[ProtocolRows], names: list[str], *, kinds: tuple[str, ...], folds: int,
+                      epochs: int, seed: int, knn_k: int | None, resampler: Resampler | None,
+                      batched: bool = True) -> list[tuple[dict[str, Any], np.ndarray | None]]:
+    """Every protocol's measures, all attackers of all protocols and fits trained together."""
+    plans = []
+    for position, rows in enumerate(protocols):
+        protocol_folds = min(folds, len(np.unique(rows.eval_owner)))
+        plans.append(plan_members(rows, position, protocol_folds, seed))
+    members = [member for protocol_members, _ in plans for member in protocol_members]
+    scores, chosen = fit_suite(protocols, members, kinds, epochs=epochs, seed=seed, knn_k=knn_k, batched=batched)
+    out, start = [], 0
+    for rows, (protocol_members, fold) in zip(protocols, plans):
+        span = slice(start, start + len(protocol_members))
+        start = span.stop
+        fit_scores, knn_k_used = _fit_scores_of(rows, protocol_members, fold,
+                                                {kind: s[span] for kind, s in scores.items()}, chosen[span])
+        out.append(_summarise(rows, names, fit_scores, knn_k_used, len(protocol_members) - 1, resampler))
+    return out
+
+
+def _summarise(rows: ProtocolRows, names: list[str], fit_scores: dict[str, dict[str, np.ndarray]],
+               knn_k_used: dict[str, Any], folds: int, resampler: Resampler | None) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The protocol's record from its fits' scores: cMAPs, the strongest, intervals; its draws."""
+    eval_owner = rows.eval_owner
+    eval_videos = np.unique(eval_owner)
+    label_np = rows.labels[rows.n_train :].cpu().numpy()
     measured: dict[str, dict[str, tuple[dict[str, float], dict[str, float]]]] = {
         fit: {kind: attribute_cmap(s, label_np, names) for kind, s in by_kind.items()}
         for fit, by_kind in fit_scores.items()
@@ -239,7 +256,7 @@ def measure_protocol(x: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor,
         "crossfit_folds": folds if "crossfit" in cmaps else 0,
         "per_attribute_by_attacker": {fit: {kind: pa for kind, (pa, _) in by_kind.items()}
                                       for fit, by_kind in measured.items()},
-        "train_videos": int(len(np.unique(owner[:n_train].numpy()))),
+        "train_videos": int(len(np.unique(rows.owner[: rows.n_train].cpu().numpy()))),
         "eval_videos": int(len(eval_videos)),
     }
     if knn_k_used:
@@ -262,39 +279,13 @@ def measure_protocol(x: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor,
     return out, leakage
 
 
-def _first_row(owner: np.ndarray, videos: np.ndarray) -> np.ndarray:
-    """Index of one row of each video in ``videos`` (sorted, all present in ``owner``)."""
-    order = np.argsort(owner, kind="stable")
-    return order[np.searchsorted(owner[order], videos)]
-
-
-def evaluate_privacy(
-    cache: FeatureCache,
-    transform: Transform | None,
-    split: str = "val",
-    *,
-    protocols: tuple[str, ...] = ("static", "clip"),
-    seed: int = 0,
-    epochs: int = 60,
-    attackers: tuple[str, ...] = ATTACKERS,
-    crossfit_folds: int = CROSSFIT_FOLDS,
-    knn_k: int | None = None,
-    resampler: Resampler | None = None,
-    samples: dict[str, np.ndarray] | None = None,
-) -> dict[str, Any]:
-    """Leakage per protocol: every attacker's cMAP on both fits, the strongest one, and chance.
-
-    ``crossfit_folds`` < 2 measures the train-then-score fit only. With ``resampler``, each
-    protocol gets ``ci`` (and ``ci_train``/``ci_crossfit``), ``samples["leakage:<protocol>"]``
-    the bootstrap draws of its leakage.
-    """
-    unknown = sorted(set(attackers) - set(ATTACKER_KINDS))
-    if unknown or not attackers:
-        raise ValueError(f"unknown attacker kinds {unknown} (use {', '.join(ATTACKER_KINDS)})")
+def protocol_rows(cache: FeatureCache, transform: Transform | None, split: str, protocols: tuple[str, ...], *,
+                  device: torch.device | str | None = None) -> tuple[list[str], list[ProtocolRows]]:
+    """The pooled rows (train split, then ``split``) of each protocol that has rows on both."""
     attrs = cache.labels("attrs")
-    names = list(cache.meta["attr_names"])
     is_image = cache.labels("is_image").numpy()
-    out: dict[str, Any] = {}
+    measured: list[str] = []
+    rows_of_protocol: list[ProtocolRows] = []
     for protocol in protocols:
         train_videos = cache.video_indices("train", with_attrs=True)
         eval_videos = cache.video_indices(split, with_attrs=True)
@@ -311,11 +302,47 @@ def evaluate_privacy(
         train_rows = _rows_of(owner, train_videos)
         eval_rows = _rows_of(owner, eval_videos)
         rows = torch.cat([train_rows, eval_rows])
-        x = pooled(features[rows], transform)
         row_owner = owner[rows].long()
-        out[protocol], draws = measure_protocol(
-            x, attrs[row_owner], row_owner, len(train_rows), names, kinds=tuple(attackers),
-            folds=crossfit_folds, epochs=epochs, seed=seed, knn_k=knn_k, resampler=resampler)
+        measured.append(protocol)
+        rows_of_protocol.append(ProtocolRows(pooled(features[rows], transform, device=device), attrs[row_owner],
+                                             row_owner, len(train_rows), PROTOCOL_CODES[protocol]))
+    return measured, rows_of_protocol
+
+
+def evaluate_privacy(
+    cache: FeatureCache,
+    transform: Transform | None,
+    split: str = "val",
+    *,
+    protocols: tuple[str, ...] = ("static", "clip"),
+    seed: int = 0,
+    epochs: int = 60,
+    attackers: tuple[str, ...] = ATTACKERS,
+    crossfit_folds: int = CROSSFIT_FOLDS,
+    knn_k: int | None = None,
+    resampler: Resampler | None = None,
+    samples: dict[str, np.ndarray] | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """Leakage per protocol: every attacker's cMAP on both fits, the strongest one, and chance.
+
+    ``crossfit_folds`` < 2 measures the train-then-score fit only. With ``resampler``, each
+    protocol gets ``ci`` (and ``ci_train``/``ci_crossfit``), ``samples["leakage:<protocol>"]``
+    the bootstrap draws of its leakage. Runs where the transform puts the features, or on
+    ``device``; every protocol's attackers, both fits, are trained together (``suite_fit``).
+    """
+    unknown = sorted(set(attackers) - set(ATTACKER_KINDS))
+    if unknown or not attackers:
+        raise ValueError(f"unknown attacker kinds {unknown} (use {', '.join(ATTACKER_KINDS)})")
+    names = list(cache.meta["attr_names"])
+    measured, rows_of_protocol = protocol_rows(cache, transform, split, protocols, device=device)
+    if not rows_of_protocol:
+        return {}
+    results = measure_protocols(rows_of_protocol, names, kinds=tuple(attackers), folds=crossfit_folds,
+                                epochs=epochs, seed=seed, knn_k=knn_k, resampler=resampler)
+    out: dict[str, Any] = {}
+    for protocol, (record, draws) in zip(measured, results):
+        out[protocol] = record
         if draws is not None and samples is not None:
             samples[f"leakage:{protocol}"] = draws
     return out

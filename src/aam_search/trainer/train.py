@@ -267,7 +267,7 @@ class AAMRecipe:
             extra["eraser"] = eraser.info
             self.timings["eraser_fit_s"] = time.perf_counter() - started_fit
         measured = evaluate_features(self.cache, transform, config.eval, seed=config.seed)
-        baseline = raw_baseline(self.cache, config.eval, seed=config.seed)
+        baseline = raw_baseline(self.cache, config.eval, seed=config.seed, device=device)
         heads = self.accelerator.unwrap_model(self.model).heads.eval()
         measured["cotrained_top1"] = cotrained_accuracy(heads, self.cache, transform, config.eval.split)
         self.timings["eval_s"] = time.perf_counter() - started
