@@ -63,6 +63,19 @@ class DataConfig(BaseModel):
         return self
 
 
+class EarlyStoppingConfig(BaseModel):
+    """MO-ASHA (search/early_stopping.py): rungs at ``min_epochs * reduction_factor**k``."""
+
+    model_config = STRICT
+
+    kind: Literal["mo-asha"] = "mo-asha"
+    min_epochs: int = Field(default=1, ge=1, description="the first rung's epoch")
+    reduction_factor: int = Field(default=3, ge=2, description="eta: the top 1/eta of a rung go on")
+
+
+DEFAULT_TRIAL_EPOCHS = 20  # trainer/config.py OptimConfig.epochs; the search layer may not import trainer
+
+
 class StudyConfig(BaseModel):
     model_config = STRICT
 
@@ -88,6 +101,7 @@ class StudyConfig(BaseModel):
     base_port: int = Field(default=29500, ge=1024, le=65000, description="first accelerate main-process port")
     tracking_uri: str | None = Field(default=None, description="MLflow tracking URI; default sqlite in workdir")
     track: bool = Field(default=True, description="log the study, its trials and fronts to MLflow")
+    early_stopping: EarlyStoppingConfig | None = Field(default=None, description="off by default")
 
     @field_validator("objectives")
     @classmethod
@@ -115,6 +129,21 @@ class StudyConfig(BaseModel):
                 "split stays unseen until `aam-search promote` evaluates the chosen adapter on it"
             )
         return value
+
+    @model_validator(mode="after")
+    def _early_stopping_fits(self) -> StudyConfig:
+        stopping = self.early_stopping
+        if stopping is None:
+            return self
+        if self.sampler == "grid":
+            raise ValueError("early_stopping: the grid sampler runs every point to the end; drop "
+                             "early_stopping or choose another sampler")
+        optim = self.trial.get("optim")
+        epochs = optim.get("epochs", DEFAULT_TRIAL_EPOCHS) if isinstance(optim, dict) else DEFAULT_TRIAL_EPOCHS
+        if isinstance(epochs, int) and stopping.min_epochs >= epochs:
+            raise ValueError(f"early_stopping.min_epochs ({stopping.min_epochs}) must be below the trial's "
+                             f"epochs (trial.optim.epochs = {epochs}), or no rung comes before the end")
+        return self
 
     @model_validator(mode="after")
     def _space_fits(self) -> StudyConfig:

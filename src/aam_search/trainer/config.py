@@ -117,6 +117,16 @@ class EvalConfig(_Strict):
     bootstrap_seed: int = Field(default=0, description="fixed, so every trial and the baseline share one draw")
     unseen_tasks: tuple[str, ...] = Field(
         default=(), strict=False, description="task:<name> columns that are probed but never co-trained")
+    rungs: tuple[int, ...] = Field(
+        default=(), strict=False,
+        description="epochs (1-based) after which the trial runs the cheap rung evaluation; set by the study")
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs_increase(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(r < 1 for r in value) or list(value) != sorted(set(value)):
+            raise ValueError(f"rungs must be increasing epochs >= 1, got {list(value)}")
+        return value
 
     @model_validator(mode="after")
     def _primary_is_measured(self) -> EvalConfig:
