@@ -10,7 +10,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from aam_search.search.orchestrator import BASELINE_ATTR, CONFIG_ATTR, HYPERVOLUME_ATTR
+from aam_search.search.record import BASELINE_ATTR, CONFIG_ATTR, HYPERVOLUME_ATTR
 from aam_search.search.pareto import hypervolume, pareto_front, pareto_mask
 from aam_search.search.study import ATTEMPT, PAPER_DEFAULT, SLOT, slot_of
 from aam_search.trainer.reporter import read_metrics
