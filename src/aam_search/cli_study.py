@@ -105,7 +105,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from aam_search.search.config import worker_config
-    from aam_search.search.orchestrator import CONFIG_ATTR, Orchestrator
+    from aam_search.search.orchestrator import Orchestrator
+    from aam_search.search.record import CONFIG_ATTR
     from aam_search.search.study import load_existing_study
 
     study = load_existing_study(args.study, args.storage)
@@ -145,7 +146,7 @@ def _trial_rows(study, objectives: list[str], only_front: bool) -> list[dict[str
 
 def cmd_front(args: argparse.Namespace) -> int:
     from aam_search.search.live import front_table
-    from aam_search.search.orchestrator import CONFIG_ATTR
+    from aam_search.search.record import CONFIG_ATTR
     from aam_search.search.study import load_existing_study
 
     study = load_existing_study(args.study, args.storage)
@@ -170,7 +171,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
     from aam_search.search.heartbeat import failure_reason
-    from aam_search.search.orchestrator import CONFIG_ATTR, HYPERVOLUME_ATTR
+    from aam_search.search.record import CONFIG_ATTR, HYPERVOLUME_ATTR
     from aam_search.search.study import counted, load_existing_study
 
     study = load_existing_study(args.study, args.storage)

@@ -22,7 +22,7 @@ import pytest
 from optuna.trial import TrialState
 
 from aam_search.cli import main
-from aam_search.search.orchestrator import CONFIG_ATTR
+from aam_search.search.record import CONFIG_ATTR
 from aam_search.search.study import REASON, SLOT, StudyNotFound, load_existing_study, opened_slots, slot_of
 from tests.search.conftest import TINY_TRIAL, cli, complete, load_trials, processes_under, spawn, wait_for
 

@@ -11,7 +11,7 @@ import yaml
 from optuna.trial import TrialState
 
 from aam_search.protocol import read_metrics
-from aam_search.search.orchestrator import BASELINE_ATTR, CONFIG_ATTR, HYPERVOLUME_ATTR
+from aam_search.search.record import BASELINE_ATTR, CONFIG_ATTR, HYPERVOLUME_ATTR
 from aam_search.search.pareto import hypervolume, pareto_front, pareto_mask
 from aam_search.search.study import ATTEMPT, PAPER_DEFAULT, SLOT, slot_of
 from tests.search.conftest import TINY_TRIAL, complete

@@ -14,7 +14,7 @@ from aam_search.cli import main
 from aam_search.encoders import EncoderError
 from aam_search.features.config import ConfigError
 from aam_search.search.config import TRACKING_URI_ENV, parse_study_config, worker_config
-from aam_search.search.orchestrator import CONFIG_ATTR
+from aam_search.search.record import CONFIG_ATTR
 
 PLUGIN = "tests.encoders.plugin_encoder:pooled"
 

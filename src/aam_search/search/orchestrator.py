@@ -29,6 +29,7 @@ from aam_search.search.config import StudyConfig
 from aam_search.search.heartbeat import STALE_REASON, HeartbeatThread, fail_stale_trials, rerun_queued
 from aam_search.search.inputs import input_problem
 from aam_search.search.pareto import hypervolume, objective_value, pareto_front, reference_point
+from aam_search.search.record import BASELINE_ATTR, CONFIG_ATTR, HYPERVOLUME_ATTR
 from aam_search.search.recovery import Verdict, keep_result
 from aam_search.search.shown import result_attrs
 from aam_search.search.storage import StorageError
@@ -50,9 +51,6 @@ from aam_search.trainer.config import TrialConfig, parse_trial_config
 from aam_search.trainer.label_needs import activates, check_attr_labels, objectives_needing_labels
 from aam_search.trainer.reporter import finite_number
 
-CONFIG_ATTR = "aam:config"
-BASELINE_ATTR = "aam:baseline"
-HYPERVOLUME_ATTR = "aam:hypervolume"
 # Reasons the orchestrator stops its own trials with: not the trials' fault, so each is
 # queued again without using up a retry ("interrupted": a signal; "stopped": a broken input).
 INTERRUPTED = "study interrupted"

@@ -158,7 +158,7 @@ def study_tracking_uri(study: Any, tracking_uri: str | None) -> str:
     with a password must be given (:func:`~aam_search.search.config.local_tracking_uri`)."""
     from aam_search.redact import has_hidden_secret
     from aam_search.search.config import local_tracking_uri
-    from aam_search.search.orchestrator import CONFIG_ATTR
+    from aam_search.search.record import CONFIG_ATTR
     from aam_search.tracking.runs import URI_ATTR
 
     stored = study.user_attrs.get(CONFIG_ATTR) or {}
@@ -252,7 +252,7 @@ def promote(
     say: Callable[[str], None] = lambda message: None,
 ) -> Promotion:
     """Promote one trial of ``study_name``; see the module docstring for the rules."""
-    from aam_search.search.orchestrator import BASELINE_ATTR, CONFIG_ATTR
+    from aam_search.search.record import BASELINE_ATTR, CONFIG_ATTR
     from aam_search.search.study import load_existing_study
 
     if sum([trial is not None, max_utility_drop is not None, knee]) > 1:

@@ -342,7 +342,7 @@ class StudyTracker:
         (and, when due or ``final``, the parameter importances)."""
         from optuna.trial import TrialState
 
-        from aam_search.search.orchestrator import HYPERVOLUME_ATTR
+        from aam_search.search.record import HYPERVOLUME_ATTR
 
         objectives = self.config.objectives
         trials = counted(self.study.get_trials(deepcopy=False))
