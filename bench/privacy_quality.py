@@ -13,6 +13,7 @@ the test split of the trial `promote` would pick (lowest worst-case leakage with
 The last line is ``key=value`` pairs.
 
     .venv/bin/python bench/privacy_quality.py --workdir work/privacy --videos 120 --trials 8 --max-parallel 2
+    .venv/bin/python bench/privacy_quality.py --datasets alt --seed 1 --workdir work/privacy-s1
     .venv/bin/python bench/privacy_quality.py --smoke     # a tiny run, a few minutes on a CPU
 """
 
@@ -42,20 +43,29 @@ PROTOCOLS = ("static", "clip", "worst")
 GENERATORS = {"synth": synthesize, "alt": synthesize_alt}
 
 
-def dataset(workdir: Path, generator: str, videos: int, images: int) -> Path:
+def dataset(workdir: Path, generator: str, videos: int, images: int, seed: int) -> Path:
     manifest = workdir / generator / "data" / "manifest.csv"
     if not manifest.is_file():
-        GENERATORS[generator](manifest.parent, videos, seed=0, images=images)
+        GENERATORS[generator](manifest.parent, videos, seed=seed, images=images)
     return manifest
 
 
-def starter_study(workdir: Path, generator: str, manifest: Path, n_trials: int, max_parallel: int):
-    """The study `init` writes for `manifest`, with the flags' trial counts and no MLflow."""
+def starter_study(workdir: Path, generator: str, manifest: Path, n_trials: int, max_parallel: int, seed: int):
+    """The study `init` writes for `manifest`, with the flags' trial counts and seed, and no MLflow."""
     name = f"pq-{generator}"
     path = workdir / generator / "study.yaml"
     path.write_text(starter_config(path, name, str(manifest)))
-    return load_study_config(path, n_trials=n_trials, max_parallel=max_parallel,
+    return load_study_config(path, n_trials=n_trials, max_parallel=max_parallel, seed=seed,
                              workdir=str(workdir / generator / "work"), track=False)
+
+
+def dataset_names(text: str) -> list[str]:
+    """`--datasets synth,alt` (or `alt`): the generators to run, in that order."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in GENERATORS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown dataset(s) {unknown or text!r}; choose from {sorted(GENERATORS)}")
+    return names
 
 
 def interval(ci: Any) -> str:
@@ -143,7 +153,10 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=240)
     parser.add_argument("--trials", type=int, default=24, help="n_trials (the starter's own is 24)")
     parser.add_argument("--max-parallel", type=int, default=1, help="max_parallel (the starter's own is 1)")
-    parser.add_argument("--datasets", nargs="+", choices=sorted(GENERATORS), default=["synth", "alt"])
+    parser.add_argument("--datasets", type=dataset_names, default=["synth", "alt"],
+                        help="comma-separated, e.g. alt or synth,alt (default: both)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the study sampler's seed and the generators' (a seed other than 0 needs its own --workdir)")
     parser.add_argument("--smoke", action="store_true", help="50 videos, 2 trials: a check that it runs")
     args = parser.parse_args()
     if args.smoke:  # 50 videos: 10 val videos, the fewest the bootstrap gives an interval for
@@ -153,11 +166,13 @@ def main() -> None:
     table = ["| dataset | protocol | raw cMAP / chance (val) | best removed within 1% [CI] | its cMAP [CI] "
              "| its utility (drop) | trial |", "| --- | --- | --- | --- | --- | --- | --- |"]
     notes: list[str] = []
-    keys: dict[str, Any] = {"videos": args.videos, "trials": args.trials, "max_parallel": args.max_parallel}
+    keys: dict[str, Any] = {"videos": args.videos, "trials": args.trials, "max_parallel": args.max_parallel,
+                            "seed": args.seed}
     for generator in args.datasets:
         started = time.perf_counter()
-        manifest = dataset(workdir, generator, args.videos, args.videos // 6)
-        orchestrator = Orchestrator(starter_study(workdir, generator, manifest, args.trials, args.max_parallel))
+        manifest = dataset(workdir, generator, args.videos, args.videos // 6, args.seed)
+        orchestrator = Orchestrator(starter_study(workdir, generator, manifest, args.trials, args.max_parallel,
+                                                  args.seed))
         orchestrator.prepare()
         outcome = orchestrator.run()
         lines, found = study_report(generator, orchestrator, time.perf_counter() - started)

@@ -48,6 +48,8 @@ trial:                            # shared by every trial; the space overrides w
   # lr: searched by the space, else 1e-3 at batch 64, scaled by sqrt(batch_size / 64)
   optim: {{epochs: 20, min_steps: 500, batch_size: 64}}
   eval: {{primary_protocol: static}}
+  # every task: column is co-trained; to probe one the adapter never trains for (unseen utility):
+  # eval: {{primary_protocol: static, unseen_tasks: [task:speed]}}   # and objectives: [..., task:speed]
   # deepspeed: ds_zero2.json      # ZeRO through Accelerate's DeepSpeed plugin
 
 max_parallel: 1                   # concurrent trials on CPU (GPUs are found automatically)

@@ -38,6 +38,17 @@ def test_init_writes_a_starter_that_loads(tmp_path, small_cache, capsys):
     assert trial.optim.epochs == 20 and trial.optim.batch_size == 64
 
 
+def test_init_shows_how_to_mark_a_task_unseen(tmp_path, small_cache):
+    # The commented example, uncommented, is a trial config that probes the task without co-training it.
+    path = tmp_path / "study.yaml"
+    assert main(["init", "--out", str(path)]) == 0
+    example = next(line for line in path.read_text().splitlines() if "unseen_tasks" in line)
+    data = yaml.safe_load(path.read_text())
+    data["trial"]["eval"] = yaml.safe_load(example.split("#")[1].strip().removeprefix("eval:"))
+    trial = parse_trial_config({**data["trial"], "cache": str(small_cache.path)})
+    assert trial.eval.unseen_tasks == ("task:speed",)
+
+
 def test_init_does_not_overwrite_without_force(tmp_path):
     path = tmp_path / "study.yaml"
     path.write_text("mine")
