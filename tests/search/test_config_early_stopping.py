@@ -27,3 +27,12 @@ def test_bad_early_stopping_names_the_field(changes, words):
     with pytest.raises(ConfigError) as caught:
         _parse(**changes)
     assert words in str(caught.value), str(caught.value)
+
+
+def test_a_study_with_early_stopping_is_refused_until_the_loop_prunes(tmp_path):
+    # Accepted by the config, but running it would silently train every trial in full.
+    from aam_search.search.orchestrator import Orchestrator
+
+    config = _parse(early_stopping={"min_epochs": 2}, workdir=str(tmp_path))
+    with pytest.raises(ConfigError, match="early_stopping: MO-ASHA is not applied"):
+        Orchestrator(config).prepare()

@@ -80,6 +80,9 @@ class Orchestrator:
     # ------------------------------------------------------------------ preparation
     def prepare(self) -> None:
         config = self.config
+        if config.early_stopping is not None:  # validated, but the loop cannot prune yet: say so
+            raise ConfigError("early_stopping: MO-ASHA is not applied by the tuner loop yet (its decision "
+                              "rule and config are in place); remove early_stopping to run this study")
         config.workdir.mkdir(parents=True, exist_ok=True)
         self.tracker = None
         if config.track:  # first, so an unreachable MLflow fails the start in seconds
