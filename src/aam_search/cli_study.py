@@ -108,11 +108,11 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from aam_search.search.config import worker_config
     from aam_search.search.orchestrator import Orchestrator
-    from aam_search.search.record import CONFIG_ATTR
+    from aam_search.search.record import stored_config
     from aam_search.search.study import load_existing_study
 
     study = load_existing_study(args.study, args.storage)
-    stored = dict(study.user_attrs.get(CONFIG_ATTR) or {})
+    stored = stored_config(study)
     if not stored:
         raise SystemExit(f"study {args.study!r} was not started by aam-search start (no stored config)")
     config = worker_config(stored, study=args.study, storage=args.storage, workdir=args.workdir,
@@ -148,11 +148,11 @@ def _trial_rows(study, objectives: list[str], only_front: bool) -> list[dict[str
 
 def cmd_front(args: argparse.Namespace) -> int:
     from aam_search.search.live import front_table
-    from aam_search.search.record import CONFIG_ATTR
+    from aam_search.search.record import stored_objectives
     from aam_search.search.study import load_existing_study
 
     study = load_existing_study(args.study, args.storage)
-    objectives = (study.user_attrs.get(CONFIG_ATTR) or {}).get("objectives") or ["utility", "leakage"]
+    objectives = stored_objectives(study)
     if args.format == "table":
         console.print(front_table(study.get_trials(deepcopy=False), objectives, title=f"Pareto front of {args.study}"))
         return 0
@@ -173,19 +173,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
     from aam_search.search.heartbeat import failure_reason
-    from aam_search.search.record import CONFIG_ATTR, HYPERVOLUME_ATTR
+    from aam_search.search.record import hypervolume_history, stored_config
     from aam_search.search.study import counted, load_existing_study
 
     study = load_existing_study(args.study, args.storage)
     trials = counted(study.get_trials(deepcopy=False))
-    config = study.user_attrs.get(CONFIG_ATTR) or {}
+    config = stored_config(study)
     table = Table("state", "trials", title=f"study {args.study}")
     for state in TrialState:
         count = sum(t.state == state for t in trials)
         if count:
             table.add_row(state.name, str(count))
     console.print(table)
-    history = study.user_attrs.get(HYPERVOLUME_ATTR) or []
+    history = hypervolume_history(study)
     console.print(f"budget {config.get('n_trials', '?')} trials; hypervolume "
                   f"{history[-1][1] if history else 0.0:.4f} after {history[-1][0] if history else 0} completed")
     for trial in trials:

@@ -29,7 +29,7 @@ from aam_search.search.config import StudyConfig
 from aam_search.search.heartbeat import STALE_REASON, HeartbeatThread, fail_stale_trials, rerun_queued
 from aam_search.search.inputs import input_problem
 from aam_search.search.pareto import hypervolume, objective_value, pareto_front, reference_point
-from aam_search.search.record import BASELINE_ATTR, CONFIG_ATTR, HYPERVOLUME_ATTR
+from aam_search.search.record import BASELINE_ATTR, CONFIG_ATTR, HYPERVOLUME_ATTR, hypervolume_history
 from aam_search.search.recovery import Verdict, keep_result
 from aam_search.search.shown import result_attrs
 from aam_search.search.storage import StorageError
@@ -332,7 +332,7 @@ class Orchestrator:
         trials = self.study.get_trials(deepcopy=False)
         done = sum(t.state == TrialState.COMPLETE for t in trials)
         volume = hypervolume(trials, self.config.objectives, self.reference)
-        history = self.study.user_attrs.get(HYPERVOLUME_ATTR, [])
+        history = hypervolume_history(self.study)
         self.study.set_user_attr(HYPERVOLUME_ATTR, [*history, [done, volume]])
         self._emit("completed", {"number": number, "values": values, "result": result, "hypervolume": volume})
 
@@ -367,7 +367,7 @@ class Orchestrator:
     # ------------------------------------------------------------------ results
     def outcome(self) -> StudyOutcome:
         trials = self.study.get_trials(deepcopy=False)
-        history = self.study.user_attrs.get(HYPERVOLUME_ATTR, [])
+        history = hypervolume_history(self.study)
         return StudyOutcome(
             completed=sum(t.state == TrialState.COMPLETE for t in trials),
             failed=sum(t.state == TrialState.FAIL for t in counted(trials)),

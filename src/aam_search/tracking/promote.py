@@ -158,10 +158,10 @@ def study_tracking_uri(study: Any, tracking_uri: str | None) -> str:
     with a password must be given (:func:`~aam_search.search.config.local_tracking_uri`)."""
     from aam_search.redact import has_hidden_secret
     from aam_search.search.config import local_tracking_uri
-    from aam_search.search.record import CONFIG_ATTR
+    from aam_search.search.record import stored_config
     from aam_search.tracking.runs import URI_ATTR
 
-    stored = study.user_attrs.get(CONFIG_ATTR) or {}
+    stored = stored_config(study)
     workdir = stored.get("workdir") or f"work/{study.study_name}"
     # The study keeps only redacted URIs: a password comes from --tracking-uri or the environment.
     known = [u for u in (study.user_attrs.get(URI_ATTR), stored.get("tracking_uri")) if u]
@@ -252,7 +252,7 @@ def promote(
     say: Callable[[str], None] = lambda message: None,
 ) -> Promotion:
     """Promote one trial of ``study_name``; see the module docstring for the rules."""
-    from aam_search.search.record import BASELINE_ATTR, CONFIG_ATTR
+    from aam_search.search.record import stored_baseline, stored_config, stored_objectives
     from aam_search.search.study import load_existing_study
 
     if sum([trial is not None, max_utility_drop is not None, knee]) > 1:
@@ -260,15 +260,15 @@ def promote(
     _check_alias(alias)
     study = load_existing_study(study_name, storage)
     trials = study.get_trials(deepcopy=False)
-    objectives = (study.user_attrs.get(CONFIG_ATTR) or {}).get("objectives") or ["utility", "leakage"]
+    objectives = stored_objectives(study)
     chosen, rule = choose_trial(trials, objectives, trial=trial, max_utility_drop=max_utility_drop, knee=knee,
-                                baseline=study.user_attrs.get(BASELINE_ATTR) or {})
+                                baseline=stored_baseline(study))
     shown = {key: finite_number(chosen.user_attrs.get(key)) for key in ("utility", "leakage", "utility_drop")}
     say(f"chose trial {chosen.number} ({rule}); validation: "
         + ", ".join(f"{key} {'n/a' if value is None else format(value, '.4f')}" for key, value in shown.items()))
     uri = study_tracking_uri(study, tracking_uri)
     client = connect(uri)
-    workdir = (study.user_attrs.get(CONFIG_ATTR) or {}).get("workdir") or f"work/{study_name}"
+    workdir = stored_config(study).get("workdir") or f"work/{study_name}"
     experiment = client.get_experiment_by_name(experiment_name(study_name))
     run = trial_run(client, experiment.experiment_id, chosen.number) if experiment is not None else None
     with tempfile.TemporaryDirectory(prefix="aam-promote-") as folder, quiet_downloads():

@@ -342,7 +342,7 @@ class StudyTracker:
         (and, when due or ``final``, the parameter importances)."""
         from optuna.trial import TrialState
 
-        from aam_search.search.record import HYPERVOLUME_ATTR
+        from aam_search.search.record import hypervolume_history
 
         objectives = self.config.objectives
         trials = counted(self.study.get_trials(deepcopy=False))
@@ -380,7 +380,7 @@ class StudyTracker:
                        run_id=run_ids.get(t.number))
             for t in trials
         ]
-        history = self.study.user_attrs.get(HYPERVOLUME_ATTR) or []
+        history = hypervolume_history(self.study)
         title = f"study {self.config.name}: {done} completed, {len(front)} on the front"
         with tempfile.TemporaryDirectory(prefix="aam-mlflow-") as folder:
             folder_path = Path(folder)
