@@ -23,6 +23,7 @@ METRICS_FILE = "metrics.jsonl"  # one line per epoch, flushed as written
 RESULT_FILE = "result.json"  # final metrics, status, reason, timings
 ADAPTER_FILE = "adapter.safetensors"
 LOG_FILE = "trial.log"  # the trial process's stdout and stderr
+STOP_REQUEST_FILE = "stop_request.json"  # the orchestrator asks the trial to stop at its next epoch end
 # Every file of a trial folder, in the order tracking logs them as artifacts.
 TRIAL_FILES = (CONFIG_FILE, TRIAL_FILE, RESULT_FILE, METRICS_FILE, ADAPTER_FILE, LOG_FILE)
 

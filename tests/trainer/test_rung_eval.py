@@ -1,13 +1,14 @@
 import pytest
 
-from aam_search.trainer.rung_eval import STOP_REQUEST, request_stop, stop_requested
+from aam_search.protocol import STOP_REQUEST_FILE
+from aam_search.trainer.rung_eval import request_stop, stop_requested
 
 
 def test_stop_request_round_trip(tmp_path):
     assert stop_requested(tmp_path) is None
     request_stop(tmp_path, rung=3, reason="dominated at rung 3")
     assert stop_requested(tmp_path) == {"rung": 3, "reason": "dominated at rung 3"}
-    (tmp_path / STOP_REQUEST).write_text("{half")
+    (tmp_path / STOP_REQUEST_FILE).write_text("{half")
     assert "unreadable" in stop_requested(tmp_path)["reason"]
 
 

@@ -25,6 +25,7 @@ from aam_search.features.config import (
     load_yaml_mapping,
 )
 from aam_search.redact import has_hidden_secret, redact
+from aam_search.trainer.config import OptimConfig
 
 # Where a worker (or ``promote``) finds a tracking URI that holds a password: the study keeps
 # only the redacted URI, so the secret comes from this machine, never from the database.
@@ -73,7 +74,8 @@ class EarlyStoppingConfig(BaseModel):
     reduction_factor: int = Field(default=3, ge=2, description="eta: the top 1/eta of a rung go on")
 
 
-DEFAULT_TRIAL_EPOCHS = 20  # trainer/config.py OptimConfig.epochs; the search layer may not import trainer
+# The trial's epochs when the study's trial config leaves them out: the trainer's own default.
+DEFAULT_TRIAL_EPOCHS: int = OptimConfig.model_fields["epochs"].default
 
 
 class StudyConfig(BaseModel):
