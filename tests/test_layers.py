@@ -6,8 +6,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src" / "aam_search"
 
 
@@ -50,12 +48,55 @@ def test_trainer_imports_neither_search_nor_tracking() -> None:
     assert not _package_imports().get("trainer", set()) & {"search", "tracking"}
 
 
-@pytest.mark.xfail(reason="issue 10: search/orchestrator.prepare still imports tracking.runs.StudyTracker "
-                          "(the typed callback contract removes it)", strict=True)
 def test_search_imports_nothing_from_tracking() -> None:
     assert "tracking" not in _package_imports().get("search", set())
 
 
-@pytest.mark.xfail(reason="issue 10: the search <-> tracking cycle (see above)", strict=True)
 def test_no_package_cycle() -> None:
     assert _cycle(_package_imports()) is None
+
+
+OPTUNA_ACCESS = SRC / "search" / "optuna_access.py"
+
+
+def _optuna_private_names() -> set[str]:
+    """The private (one leading underscore) attributes of Optuna's study, trial and storage
+    objects: their classes' and, from live instances, their instances' own."""
+    import optuna
+    from optuna.storages import RDBStorage
+    from optuna.trial import FrozenTrial
+
+    storage = RDBStorage("sqlite:///:memory:")
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    objects = [study, trial, study.trials[0], storage, study._storage, optuna.create_study()._storage]
+    classes = [optuna.Study, optuna.Trial, FrozenTrial, *(type(o) for o in objects)]
+    names = {name for owner in classes for name in dir(owner)}
+    names |= {name for o in objects for name in vars(o)}
+    return {name for name in names if name.startswith("_") and not name.startswith("__")}
+
+
+def _private_optuna_uses(path: Path, private: set[str]) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "optuna":
+            modules = [node.module or ""]
+        elif isinstance(node, ast.Import):
+            modules = [a.name for a in node.names if a.name.split(".")[0] == "optuna"]
+        else:
+            modules = []
+        found += [f"{path.name}:{node.lineno}: import {m}" for m in modules
+                  if any(part.startswith("_") for part in m.split("."))]
+        if isinstance(node, ast.Attribute) and node.attr in private and not (
+                isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+            found.append(f"{path.name}:{node.lineno}: .{node.attr}")
+    return found
+
+
+def test_private_optuna_api_is_used_in_one_module_only() -> None:
+    private = _optuna_private_names()
+    assert {"_storage", "_study_id", "_trial_id", "_backend"} <= private  # what it looks for
+    uses = [use for path in sorted(SRC.rglob("*.py")) if path != OPTUNA_ACCESS
+            for use in _private_optuna_uses(path, private)]
+    assert uses == [], "private Optuna API outside search/optuna_access.py"
+    assert _private_optuna_uses(OPTUNA_ACCESS, private)  # the scan finds them where they are

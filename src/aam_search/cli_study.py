@@ -61,16 +61,23 @@ max_retries: 1
 """
 
 
-def _study_view():
+def _orchestrator(config, *, worker: bool = False):
+    """The study's orchestrator with its callbacks: the live view, and the MLflow tracker
+    (connected now, so an unreachable MLflow fails the start in seconds)."""
     from aam_search.search.live import StudyView
+    from aam_search.search.orchestrator import Orchestrator
+    from aam_search.tracking.runs import study_tracker
 
-    return StudyView(console)
+    view = StudyView(console)
+    tracker = study_tracker(config)
+    callbacks = [view] if tracker is None else [view, tracker]
+    return Orchestrator(config, callbacks=callbacks, worker=worker, progress=view.interactive), view
 
 
-def _run(orchestrator) -> int:
+def _run(orchestrator, view) -> int:
     from aam_search.search.live import front_table
 
-    with orchestrator.view:
+    with view:
         orchestrator.prepare()
         outcome = orchestrator.run()
     trials = orchestrator.study.get_trials(deepcopy=False)
@@ -92,22 +99,20 @@ def _run(orchestrator) -> int:
 
 def cmd_start(args: argparse.Namespace) -> int:
     from aam_search.search.config import load_study_config
-    from aam_search.search.orchestrator import Orchestrator
 
     config = load_study_config(args.config)
-    orchestrator = Orchestrator(config, view=_study_view())
+    orchestrator, view = _orchestrator(config)
     if args.prepare_only:  # e.g. before a SLURM array of workers: cache, baseline, study
-        with orchestrator.view:
+        with view:
             orchestrator.prepare()
         console.print(f"study {config.name!r} is ready; start workers with: aam-search worker "
                       f"--study {config.name} --storage <URL>")
         return 0
-    return _run(orchestrator)
+    return _run(orchestrator, view)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from aam_search.search.config import worker_config
-    from aam_search.search.orchestrator import Orchestrator
     from aam_search.search.record import stored_config
     from aam_search.search.study import load_existing_study
 
@@ -117,7 +122,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise SystemExit(f"study {args.study!r} was not started by aam-search start (no stored config)")
     config = worker_config(stored, study=args.study, storage=args.storage, workdir=args.workdir,
                            tracking_uri=args.tracking_uri, allow_plugins=args.allow_plugin or ())
-    return _run(Orchestrator(config, view=_study_view(), worker=True))
+    return _run(*_orchestrator(config, worker=True))
 
 
 def _trial_rows(study, objectives: list[str], only_front: bool) -> list[dict[str, Any]]:

@@ -53,6 +53,8 @@ def baseline_table(baseline: dict[str, float], chance: dict[str, float]) -> Tabl
 
 
 def run_demo(workdir: Path, *, videos: int = 240, n_trials: int = 12, console: Console | None = None) -> StudyOutcome:
+    from aam_search.tracking.runs import study_tracker
+
     console = console or Console()
     workdir = workdir.resolve()
     manifest = workdir / "data" / "manifest.csv"
@@ -63,8 +65,12 @@ def run_demo(workdir: Path, *, videos: int = 240, n_trials: int = 12, console: C
         console.print(f"wrote {report.manifest} in {time.perf_counter() - started:.1f}s: "
                       f"{report.videos_per_split} videos, {report.images_per_split} images")
     console.rule("2. features, raw baseline and the study")
-    orchestrator = Orchestrator(demo_config(workdir, manifest, n_trials), view=StudyView(console))
-    with orchestrator.view:
+    config = demo_config(workdir, manifest, n_trials)
+    view = StudyView(console)
+    tracker = study_tracker(config)  # before prepare: an unreachable MLflow fails in seconds
+    orchestrator = Orchestrator(config, callbacks=[view] if tracker is None else [view, tracker],
+                                progress=view.interactive)
+    with view:
         orchestrator.prepare()
         outcome = orchestrator.run()
     console.rule("3. results")

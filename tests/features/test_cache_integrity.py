@@ -121,5 +121,5 @@ def test_a_study_verifies_its_cache_before_the_first_trial(cache_copy, tmp_path)
     config = parse_study_config({"name": "s", "workdir": str(tmp_path / "work"), "track": False,
                                  "data": {"cache": str(cache_copy)}})
     with pytest.raises(CacheError, match="contents changed since extraction"):
-        Orchestrator(config, view=None).prepare()
+        Orchestrator(config).prepare()
     assert not (tmp_path / "work" / "trials").exists()

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from aam_search.search.callbacks import HANDLERS, TunerCallback
 from aam_search.search.config import StudyConfig, parse_study_config
 from aam_search.search.orchestrator import Orchestrator
 from tests.search.postgres import postgres_url  # noqa: F401  (a fixture)
@@ -93,12 +94,26 @@ def write_study(study_cache, tmp_path):
     return write
 
 
+class Recorder(TunerCallback):
+    """Every event the orchestrator sends, in order (``of(TrialFailed)``: those of a kind)."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def of(self, kind: type) -> list[Any]:
+        return [event for event in self.events if isinstance(event, kind)]
+
+
+for _handler in HANDLERS.values():
+    setattr(Recorder, _handler.__name__, lambda self, event: self.events.append(event))
+
+
 def run_study(config: StudyConfig, orchestrator: Orchestrator | None = None) -> tuple[Orchestrator, Any]:
     """Prepare and run a study in this process (the raw baseline on one thread: the tiny
     tensors are far quicker so on a busy 2-core machine)."""
     import torch
 
-    orchestrator = orchestrator or Orchestrator(config, view=None)
+    orchestrator = orchestrator or Orchestrator(config)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -15,10 +15,11 @@ from optuna.trial import TrialState
 
 from aam_search.cli import main
 from aam_search.search import backend
+from aam_search.search.callbacks import TrialStale, TrialStarted, TunerCallback
 from aam_search.search.heartbeat import STALE_REASON
 from aam_search.search.orchestrator import Orchestrator
 from aam_search.search.study import ATTEMPT, REASON, SLOT, slot_of
-from tests.search.conftest import LONG_TRIAL, complete, processes_under, run_study
+from tests.search.conftest import LONG_TRIAL, Recorder, complete, processes_under, run_study
 
 
 def fake_trials(monkeypatch, code: str) -> None:
@@ -29,18 +30,20 @@ def fake_trials(monkeypatch, code: str) -> None:
     monkeypatch.setattr(backend, "trial_command", command)
 
 
-def another_worker_fails_trial_0(orchestrator, *, max_retry: int):
-    """A hook that, once trial 0 started, does what another worker's stale check does to it:
-    fail it and queue its re-run (up to ``max_retry``)."""
-    def other_worker(event, payload):
-        if event == "started" and payload["number"] == 0:
-            study = orchestrator.study
-            trial_id = orchestrator.running[0][1]._trial_id
-            study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
-            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(
-                study, study._storage.get_trial(trial_id))
+class another_worker_fails_trial_0(TunerCallback):  # noqa: N801  (reads as what it does)
+    """A callback that, once trial 0 started, does what another worker's stale check does to
+    it: fail it and queue its re-run (up to ``max_retry``)."""
 
-    return other_worker
+    def __init__(self, orchestrator: Orchestrator, *, max_retry: int):
+        self.orchestrator, self.max_retry = orchestrator, max_retry
+
+    def on_trial_started(self, event: TrialStarted) -> None:
+        if event.number == 0:
+            study = self.orchestrator.study
+            trial_id = self.orchestrator.running[0][1]._trial_id
+            study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)(
+                study, study._storage.get_trial(trial_id))
 
 
 def failed(trials):
@@ -200,9 +203,8 @@ def test_a_trial_failed_meanwhile_by_another_worker_is_not_told_again(make_study
         Path(sys.argv[1], "result.json").write_text(json.dumps(result))
     """)
     config = make_study(name="stolen", n_trials=1, max_parallel=1)
-    orchestrator = Orchestrator(config, view=None)
-
-    orchestrator.hooks.append(another_worker_fails_trial_0(orchestrator, max_retry=1))
+    orchestrator = Orchestrator(config)
+    orchestrator.callbacks.append(another_worker_fails_trial_0(orchestrator, max_retry=1))
     _, outcome = run_study(config, orchestrator)
     trials = orchestrator.study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
@@ -214,18 +216,19 @@ def test_a_trial_failed_meanwhile_by_another_worker_is_not_told_again(make_study
 def test_an_orchestrator_error_stops_its_trials(make_study, monkeypatch):
     fake_trials(monkeypatch, "import time; time.sleep(60)")
     config = make_study(name="broken", n_trials=2, max_parallel=2)
-    orchestrator = Orchestrator(config, view=None)
+    orchestrator = Orchestrator(config)
     launched = []
+    launch = orchestrator._launch
 
-    def explode(event, payload):
-        if event == "started":
-            launched.append(payload["number"])
-            if len(launched) == 2:
-                raise RuntimeError("tracking server went away")
+    def explode(trial):  # the loop itself fails once both trials run
+        launch(trial)
+        launched.append(trial.number)
+        if len(launched) == 2:
+            raise RuntimeError("the loop broke")
 
-    orchestrator.hooks.append(explode)
+    monkeypatch.setattr(orchestrator, "_launch", explode)
     started = time.time()
-    with pytest.raises(RuntimeError, match="tracking server"):
+    with pytest.raises(RuntimeError, match="the loop broke"):
         run_study(config, orchestrator)
     assert time.time() - started < 30
     assert launched == [0, 1]
@@ -247,16 +250,15 @@ def test_a_trial_left_by_a_dead_worker_is_failed_and_run_again(make_study, monke
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     common = dict(name="orphaned", storage=storage, n_trials=1, max_parallel=1, heartbeat_interval_s=1,
                   heartbeat_grace_s=2)
-    dead = Orchestrator(make_study(workdir=tmp_path / "dead", **common), view=None)
+    dead = Orchestrator(make_study(workdir=tmp_path / "dead", **common))
     dead.prepare()
     dead._fill_devices()  # launch, then "die": its trial stops, nobody tells Optuna
     ((running, trial),) = dead.running.values()
     running.stop("worker died", grace_s=1)
     running.log.close()
 
-    alive = Orchestrator(make_study(workdir=tmp_path / "alive", **common), view=None)
-    seen = []
-    alive.hooks.append(lambda event, payload: seen.append((event, payload)))
+    seen = Recorder()
+    alive = Orchestrator(make_study(workdir=tmp_path / "alive", **common), callbacks=[seen])
     guard = threading.Timer(45, lambda: setattr(alive, "stopping", "test timeout"))
     guard.start()
     try:
@@ -269,5 +271,4 @@ def test_a_trial_left_by_a_dead_worker_is_failed_and_run_again(make_study, monke
     assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].user_attrs[SLOT] == 0
     assert trials[1].user_attrs["out_dir"].startswith(str(tmp_path / "alive"))
     # The user is told which trial went stale and why (Optuna records no reason of its own).
-    assert [(e, p["number"], p["reason"], p["retried"]) for e, p in seen if e == "stale"] == [
-        ("stale", 0, STALE_REASON, True)]
+    assert seen.of(TrialStale) == [TrialStale(number=0, reason=STALE_REASON, retried=True)]

@@ -1,4 +1,4 @@
-"""Faults around the trials rather than in them: a stalled tracking hook, a shared input that
+"""Faults around the trials rather than in them: a stalled tracking callback, a shared input that
 disappears, an unwritable trials folder, two studies in one workdir, and the messages the
 user gets about each."""
 
@@ -15,11 +15,12 @@ from optuna.trial import TrialState
 
 from aam_search.cli import main
 from aam_search.protocol import FAILURE_KIND, INPUT_FAILURE
+from aam_search.search.callbacks import TrialCompleted, TrialFailed, TrialStarted, TunerCallback
 from aam_search.search.heartbeat import STALE_REASON
 from aam_search.search.orchestrator import Orchestrator, trial_out_dir
 from aam_search.search.recovery import RECOVERED_FROM, RECOVERED_PREFIX, Verdict, keep_result
 from aam_search.search.study import ATTEMPT, REASON, SLOT, slot_of
-from tests.search.conftest import complete, run_study
+from tests.search.conftest import Recorder, complete, run_study
 from tests.search.test_failures import another_worker_fails_trial_0, fake_trials
 
 GOOD = {"status": "completed", "reason": None, "utility": 0.5, "leakage": 0.4, "utility_drop": 0.0}
@@ -40,9 +41,9 @@ time.sleep({seconds})
 """
 
 
-def events_of(orchestrator: Orchestrator) -> list[tuple[str, dict]]:
-    seen: list[tuple[str, dict]] = []
-    orchestrator.hooks.append(lambda event, payload: seen.append((event, payload)))
+def events_of(orchestrator: Orchestrator) -> Recorder:
+    seen = Recorder()
+    orchestrator.callbacks.append(seen)
     return seen
 
 
@@ -53,19 +54,19 @@ def test_a_stalled_tracking_hook_neither_fails_nor_reruns_a_healthy_trial(make_s
     runs = tmp_path / "runs.txt"
     fake_trials(monkeypatch, counting_trial(runs, seconds=1))
     config = make_study(name="stalled", n_trials=1, max_parallel=1, heartbeat_interval_s=1, heartbeat_grace_s=4)
-    orchestrator = Orchestrator(config, view=None)
+    orchestrator = Orchestrator(config)
     seen_stale: list[int] = []
 
-    def stalled_mlflow(event, payload):
-        if event == "started":
+    class StalledMlflow(TunerCallback):
+        def on_trial_started(self, event: TrialStarted) -> None:
             time.sleep(8)
             study = orchestrator.study  # what any other worker's stale check would find now
             seen_stale.extend(study._storage._get_stale_trial_ids(study._study_id))
 
-    orchestrator.hooks.append(stalled_mlflow)
+    orchestrator.callbacks.append(StalledMlflow())
     _, outcome = run_study(config, orchestrator)
     trials = orchestrator.study.get_trials()
-    assert seen_stale == [], "the trial looked dead while the hook blocked"
+    assert seen_stale == [], "the trial looked dead while the callback blocked"
     assert [t.state for t in trials] == [TrialState.COMPLETE]
     assert len(runs.read_text().splitlines()) == 1, "the trial was run again"
     assert (outcome.completed, outcome.failed) == (1, 0)
@@ -98,9 +99,8 @@ def test_a_result_whose_trial_was_failed_meanwhile_is_kept(make_study, monkeypat
     runs = tmp_path / "runs.txt"
     fake_trials(monkeypatch, counting_trial(runs, seconds=1.5))
     config = make_study(name="stolen", n_trials=1, max_parallel=1)
-    orchestrator = Orchestrator(config, view=None)
-
-    orchestrator.hooks.append(another_worker_fails_trial_0(orchestrator, max_retry=max_retry))
+    orchestrator = Orchestrator(config)
+    orchestrator.callbacks.append(another_worker_fails_trial_0(orchestrator, max_retry=max_retry))
     seen = events_of(orchestrator)
     _, outcome = run_study(config, orchestrator)
     trials = orchestrator.study.get_trials()
@@ -110,9 +110,9 @@ def test_a_result_whose_trial_was_failed_meanwhile_is_kept(make_study, monkeypat
     assert kept.values == [GOOD["utility"], GOOD["leakage"]] and kept.params == trials[0].params
     assert (kept.user_attrs[RECOVERED_FROM], slot_of(kept)) == (0, 0)
     assert kept.user_attrs["out_dir"] == str(trial_out_dir(config, 0))
-    failed = [p for e, p in seen if e == "failed"]
-    assert [p["number"] for p in failed] == [0] and failed[0]["retried"] is False
-    assert [p["number"] for e, p in seen if e == "completed"] == [1]
+    failed = seen.of(TrialFailed)
+    assert [p.number for p in failed] == [0] and failed[0].retried is False
+    assert [p.number for p in seen.of(TrialCompleted)] == [1]
     assert outcome.completed == 1
 
 
@@ -238,11 +238,10 @@ def test_will_be_rerun_is_said_only_when_a_rerun_is_queued(make_study, monkeypat
 
     fake_trials(monkeypatch, "import sys; sys.exit(3)")
     config = make_study(name="honest", n_trials=1, max_parallel=1, max_retries=1)
-    view = StudyView()
-    orchestrator = Orchestrator(config, view=view)
-    seen = events_of(orchestrator)
+    seen = Recorder()
+    orchestrator = Orchestrator(config, callbacks=[StudyView(), seen])
     run_study(config, orchestrator)
-    assert [p["retried"] for e, p in seen if e == "failed"] == [True, False]
+    assert [p.retried for p in seen.of(TrialFailed)] == [True, False]
     assert capsys.readouterr().out.count("(will be re-run)") == 1
 
 
@@ -292,19 +291,19 @@ def test_a_storage_that_breaks_mid_study_stops_it_in_one_line_and_a_restart_fini
     runs = tmp_path / "runs.txt"
     fake_trials(monkeypatch, counting_trial(runs, seconds=3))
     config = make_study(name="broken-db", n_trials=1, max_parallel=1, heartbeat_interval_s=1, heartbeat_grace_s=2)
-    orchestrator = Orchestrator(config, view=None)
+    orchestrator = Orchestrator(config)
     started: list[Path] = []
 
-    def storage_goes_away(event, payload):
-        if event == "started":
-            started.append(Path(payload["out_dir"]))
+    class StorageGoesAway(TunerCallback):
+        def on_trial_started(self, event: TrialStarted) -> None:
+            started.append(event.out_dir)
 
             def broken(*args, **kwargs):
                 raise OperationalError("SELECT trials", {}, Exception("server closed the connection unexpectedly"))
 
             monkeypatch.setattr(orchestrator.study, "get_trials", broken)
 
-    orchestrator.hooks.append(storage_goes_away)
+    orchestrator.callbacks.append(StorageGoesAway())
     with pytest.raises(StorageError) as caught:
         run_study(config, orchestrator)
     message = str(caught.value)

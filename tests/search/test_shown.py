@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from aam_search.cli import main
+from aam_search.search.callbacks import TrialCompleted
 from aam_search.search.live import StudyView, front_table
 from aam_search.search.shown import chance_of, interval, result_attrs, row_fields, with_interval
 
@@ -92,6 +93,6 @@ def test_front_json_and_csv_carry_the_new_fields(stored, capsys):
 def test_the_live_log_line_says_how_much_above_chance_leakage_went():
     console = Console(width=200, record=True, file=io.StringIO())
     view = StudyView(console)
-    view.handle("completed", {"number": 3, "result": RESULT, "hypervolume": 0.1}, orchestrator=None)
+    view.on_trial_completed(TrialCompleted(number=3, values=(0.9, 0.4), result=RESULT, hypervolume=0.1))
     text = console.export_text()
     assert "trial 3 completed" in text and "above-chance leakage removed +25.0%" in text

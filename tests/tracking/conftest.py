@@ -31,9 +31,21 @@ def tiny_config(cache: Path, workdir: Path, **changes: Any) -> StudyConfig:
 
 
 def run_study(config: StudyConfig) -> tuple[Orchestrator, StudyOutcome]:
-    orchestrator = Orchestrator(config, view=None)
+    """Run the study as the CLI does: the tracker connected first and handed in."""
+    from aam_search.tracking.runs import study_tracker
+
+    tracker = study_tracker(config)
+    orchestrator = Orchestrator(config, callbacks=[tracker] if tracker is not None else [])
     orchestrator.prepare()
     return orchestrator, orchestrator.run()
+
+
+def tracker_of(orchestrator: Orchestrator):
+    """The StudyTracker among the orchestrator's callbacks."""
+    from aam_search.tracking.runs import StudyTracker
+
+    (tracker,) = (c for c in orchestrator.callbacks if isinstance(c, StudyTracker))
+    return tracker
 
 
 @dataclass
@@ -63,7 +75,7 @@ def tracked(small_cache, tmp_path_factory) -> Tracked:
     config = tiny_config(small_cache.path, workdir)
     orchestrator, outcome = run_study(config)
     assert outcome.completed == 3, outcome
-    tracker = orchestrator.tracker
+    tracker = tracker_of(orchestrator)
     client = make_client(tracker.uri)
     children = tracker.child_runs()
     history = client.get_metric_history(tracker.parent_run_id, "hypervolume")

@@ -11,6 +11,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from aam_search.tracking import importance
+from aam_search.search.callbacks import StudyFinished, TrialCompleted
 from aam_search.tracking.runs import StudyTracker
 from tests.tracking.conftest import tiny_config
 
@@ -90,11 +91,12 @@ def test_the_parent_run_gets_the_table_the_plot_and_metrics(tmp_path):
     tracker.open(study, space=resolve_space(config.space), base_trial={"seed": 0}, baseline={"utility": 0.9})
     for count, trial in enumerate(known_trials(12), start=1):
         study.add_trial(trial)
-        tracker.handle("completed", {"number": study.trials[-1].number, "result": {}, "hypervolume": 0.1})
+        tracker.on_trial_completed(TrialCompleted(number=study.trials[-1].number, values=tuple(trial.values),
+                                                  result={}, hypervolume=0.1))
         if count == importance.MIN_COMPLETE - 1:  # not yet (the rest of the refresh is there)
             logged = {a.path for a in tracker.client.list_artifacts(tracker.parent_run_id)}
             assert importance.CSV_NAME not in logged and {"trials.csv", "pareto_front.png"} <= logged
-    tracker.handle("finished", {"status": "finished"})
+    tracker.on_study_finished(StudyFinished(status="finished", reason=None))
 
     client = tracker.client
     artifacts = {a.path: a for a in client.list_artifacts(tracker.parent_run_id)}

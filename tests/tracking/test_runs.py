@@ -11,11 +11,19 @@ from pathlib import Path
 import optuna
 import pytest
 
+from aam_search.search.callbacks import (
+    EpochReported,
+    StudyPrepared,
+    TrialCompleted,
+    TrialFailed,
+    TrialPruned,
+    TrialStarted,
+)
 from aam_search.search.pareto import pareto_front
 from aam_search.tracking.params import final_metrics, final_tags, flatten, study_params
 from aam_search.tracking.runs import PARENT_ATTR, StudyTracker
 from aam_search.tracking.store import experiment_name
-from tests.tracking.conftest import run_study, tiny_config
+from tests.tracking.conftest import run_study, tiny_config, tracker_of
 
 FINAL = ("utility", "leakage", "leakage_static", "leakage_clip", "leakage_reduction", "utility_drop",
          "combined_score", "seconds")
@@ -114,7 +122,7 @@ def test_resume_continues_the_parent_run(tracked):
     config = tiny_config(tracked.config.data.cache, tracked.config.workdir, n_trials=4)
     orchestrator, outcome = run_study(config)
     assert outcome.completed == 4
-    assert orchestrator.tracker.parent_run_id == tracked.parent_run_id
+    assert tracker_of(orchestrator).parent_run_id == tracked.parent_run_id
     assert orchestrator.study.user_attrs[PARENT_ATTR] == tracked.parent_run_id
     assert [r.info.run_id for r in runs_of(tracked, "study")] == [tracked.parent_run_id]
     client = tracked.client()
@@ -203,6 +211,52 @@ def test_a_tracked_trial_run_carries_above_chance_removal_and_the_ci_note(tracke
         assert not any(key.endswith("_ci_low") for key in metrics)
 
 
+def started(number: int, params: dict | None = None) -> TrialStarted:
+    return TrialStarted(number=number, params=params or {}, out_dir=Path("no-such-trial-folder"), devices=())
+
+
+def test_a_pruned_trial_ends_pruned_with_its_rung(tracker):
+    """Nothing prunes yet (issue 13 adds it); the tracker's side of the event: the run ends
+    FINISHED with optuna.state PRUNED, its rung, and its values at the rung."""
+    trial = tracker.study.ask()
+    trial.set_user_attr("aam:slot", trial.number)
+    tracker.on_trial_started(started(trial.number))
+    tracker.on_trial_pruned(TrialPruned(number=trial.number, rung=1, epoch=4, values=(0.62, 0.71),
+                                        reason="rank 3 of 4 at rung 1"))
+    run = tracker.client.search_runs([tracker.experiment_id], filter_string="tags.`aam.role` = 'trial'")[0]
+    assert run.info.status == "FINISHED" and trial.number not in tracker.runs
+    assert run.data.tags["optuna.state"] == "PRUNED" and run.data.tags["aam.rung"] == "1"
+    assert run.data.tags["aam.prune_reason"] == "rank 3 of 4 at rung 1"
+    assert run.data.metrics["rung"] == 1 and run.data.metrics["rung/utility"] == 0.62
+    assert [m.step for m in tracker.client.get_metric_history(run.info.run_id, "rung/leakage")] == [4]
+
+
+def test_a_run_of_a_trial_pruned_elsewhere_is_closed_pruned(tracker):
+    trial = tracker.study.ask()
+    tracker.on_trial_started(started(trial.number))
+    del tracker.runs[trial.number]  # as if another process had started it
+    tracker.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    tracker._refresh()
+    run = tracker.client.search_runs([tracker.experiment_id], filter_string="tags.`aam.role` = 'trial'")[0]
+    assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "PRUNED"
+
+
+def test_the_tracker_is_opened_by_the_prepared_event(tmp_path, small_cache):
+    from aam_search.spaces import resolve_space
+
+    config = tiny_config(small_cache.path, tmp_path / "work")
+    study = optuna.create_study(directions=["maximize", "minimize"], study_name="tiny")
+    tracker = StudyTracker.connect(config, system_metrics=False)
+    tracker.on_study_prepared(StudyPrepared(
+        study=study, objectives=("utility", "leakage"), space=resolve_space(config.space),
+        base_trial={"seed": 0}, baseline={"utility": 0.5, "leakage": 0.8}, cache="/the/cache", gpus=(0, 1),
+        worker=False))
+    parent = tracker.client.get_run(tracker.parent_run_id)
+    assert study.user_attrs[PARENT_ATTR] == tracker.parent_run_id
+    assert parent.data.tags["aam.cache"] == "/the/cache" and parent.data.tags["aam.gpus"] == "0,1"
+    assert parent.data.metrics["raw_utility"] == 0.5
+
+
 def test_a_failing_mlflow_does_not_stop_the_study(tracker, caplog, monkeypatch):
     def broken(*args, **kwargs):
         raise ConnectionError("tracking server went away")
@@ -211,11 +265,12 @@ def test_a_failing_mlflow_does_not_stop_the_study(tracker, caplog, monkeypatch):
     monkeypatch.setattr(tracker.client, "log_batch", broken)
     monkeypatch.setattr(tracker.client, "create_run", broken)
     with caplog.at_level(logging.WARNING, logger="aam_search.tracking.runs"):
-        tracker.handle("started", {"number": 0, "params": {}, "out_dir": None, "devices": []})
-        tracker.handle("epoch", {"number": 0, "metrics": {"epoch": 0, "loss": 1.0}})
+        tracker.on_trial_started(started(0))
+        tracker.on_epoch_reported(EpochReported(number=0, metrics={"epoch": 0, "loss": 1.0}))
         tracker._paused_until = 0.0  # as if the pause were over: it fails again, silently
-        tracker.handle("completed", {"number": 0, "values": [0.5, 0.5], "result": {}, "hypervolume": 0.0})
-        tracker.handle("failed", {"number": 0, "reason": "x", "retried": False})
+        tracker.on_trial_completed(TrialCompleted(number=0, values=(0.5, 0.5), result={}, hypervolume=0.0))
+        tracker.on_trial_failed(TrialFailed(number=0, reason="x", retried=False))
+        tracker.on_trial_pruned(TrialPruned(number=0, rung=0, epoch=2, values=(0.5, 0.5), reason="x"))
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "the study goes on" in warnings[0].getMessage() and "tracking server went away" in warnings[0].getMessage()
@@ -224,8 +279,8 @@ def test_a_failing_mlflow_does_not_stop_the_study(tracker, caplog, monkeypatch):
 def test_a_failed_attempt_ends_failed_with_its_reason(tracker):
     trial = tracker.study.ask()
     trial.set_user_attr("aam:slot", trial.number)
-    tracker.handle("started", {"number": trial.number, "params": {"loss.w_lc": 3.0}, "out_dir": None, "devices": []})
-    tracker.handle("failed", {"number": trial.number, "reason": "exit code 1 without result.json", "retried": True})
+    tracker.on_trial_started(started(trial.number, {"loss.w_lc": 3.0}))
+    tracker.on_trial_failed(TrialFailed(number=trial.number, reason="exit code 1 without result.json", retried=True))
     run = tracker.client.search_runs([tracker.experiment_id], filter_string="tags.`aam.role` = 'trial'")[0]
     assert run.info.status == "FAILED" and run.info.run_name == f"trial-{trial.number}"
     assert run.data.tags["aam.failure_reason"] == "exit code 1 without result.json"
@@ -236,7 +291,7 @@ def test_a_failed_attempt_ends_failed_with_its_reason(tracker):
 def test_runs_of_trials_ended_elsewhere_are_closed(tracker):
     """A trial failed by another worker (stale heartbeat) leaves no run RUNNING."""
     trial = tracker.study.ask()
-    tracker.handle("started", {"number": trial.number, "params": {}, "out_dir": None, "devices": []})
+    tracker.on_trial_started(started(trial.number))
     del tracker.runs[trial.number]  # as if another process had started it
     trial.set_user_attr("aam:reason", "stale heartbeat")
     tracker.study.tell(trial, state=optuna.trial.TrialState.FAIL)

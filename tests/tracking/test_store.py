@@ -15,6 +15,7 @@ from aam_search.search.orchestrator import Orchestrator
 from aam_search.search.storage import StorageError
 from aam_search.search.study import open_study, redact
 from aam_search.tracking.errors import TrackingUnavailable
+from aam_search.tracking.runs import study_tracker
 from aam_search.tracking.store import (
     artifact_location,
     connect,
@@ -52,7 +53,7 @@ def test_unreachable_server_fails_the_start_fast(small_cache, tmp_path):
     config = tiny_config(small_cache.path, tmp_path / "work", tracking_uri=uri)
     started = time.monotonic()
     with pytest.raises(TrackingUnavailable) as error:
-        Orchestrator(config).prepare()
+        study_tracker(config)  # what start does first, before preparing the study
     assert time.monotonic() - started < 10
     assert uri in str(error.value)
 
@@ -83,9 +84,8 @@ def write_config(small_cache, tmp_path):
 def test_tracking_can_be_turned_off(small_cache, tmp_path):
     config = tiny_config(small_cache.path, tmp_path / "work", tracking_uri=f"http://127.0.0.1:{closed_port()}",
                          track=False)
-    orchestrator = Orchestrator(config)
-    orchestrator.prepare()
-    assert orchestrator.tracker is None and not orchestrator.hooks
+    assert study_tracker(config) is None
+    Orchestrator(config).prepare()
     assert not (tmp_path / "work" / "mlflow.db").exists()
 
 

@@ -41,7 +41,7 @@ from tests.tracking.browser import (
     other_local_addresses,
     require_browser,
 )
-from tests.tracking.conftest import run_study, tiny_config
+from tests.tracking.conftest import run_study, tiny_config, tracker_of
 
 pytestmark = pytest.mark.slow
 
@@ -96,10 +96,11 @@ def test_mlflow_ui_shows_trial_runs_and_pareto_tags(small_cache, tmp_path, reape
     config = tiny_config(small_cache.path, tmp_path / "work", trial=TINY_TRIAL, n_trials=TRIALS)
     orchestrator, outcome = run_study(config)
     assert outcome.completed == TRIALS, outcome
-    client = make_client(orchestrator.tracker.uri)
+    tracker = tracker_of(orchestrator)
+    client = make_client(tracker.uri)
     experiment = client.get_experiment_by_name(experiment_name(config.name))
     assert experiment is not None and experiment.tags.get(EXPERIMENT_KIND_TAG) == EXPERIMENT_KIND
-    children = {run.info.run_name: run for run in orchestrator.tracker.child_runs()}
+    children = {run.info.run_name: run for run in tracker.child_runs()}
     assert sorted(children) == [f"trial-{n}" for n in range(TRIALS)]
     pareto = {name: run.data.tags.get("pareto") for name, run in children.items()}
     assert set(pareto.values()) <= {"true", "false"} and "true" in pareto.values(), pareto

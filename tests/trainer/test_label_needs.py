@@ -96,7 +96,7 @@ def _study(cache, workdir, space, trial=None):
 )
 def test_a_study_fails_at_its_start_naming_the_objective(unlabelled_cache, tmp_path, space, trial_loss, named):
     config = _study(unlabelled_cache, tmp_path / "work", space, {**TRIAL, "loss": trial_loss})
-    orchestrator = Orchestrator(config, view=None)
+    orchestrator = Orchestrator(config)
     with pytest.raises(ConfigError) as caught:
         orchestrator.prepare()
     message = str(caught.value)
@@ -109,7 +109,7 @@ def test_a_study_fails_at_its_start_naming_the_objective(unlabelled_cache, tmp_p
 def test_a_study_without_label_objectives_passes_the_check(unlabelled_cache, tmp_path):
     from aam_search.spaces import resolve_space
 
-    orchestrator = Orchestrator(_study(unlabelled_cache, tmp_path / "work", "loss-weights"), view=None)
+    orchestrator = Orchestrator(_study(unlabelled_cache, tmp_path / "work", "loss-weights"))
     orchestrator.cache, orchestrator.space = unlabelled_cache, resolve_space("loss-weights")
     orchestrator.base_trial = orchestrator._trial_config({}).model_dump(mode="json")
     orchestrator._check_label_needs()  # NT-Xent needs no labels: no error

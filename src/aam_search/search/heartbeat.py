@@ -15,9 +15,9 @@ import threading
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
+from aam_search.search import optuna_access as private
 from aam_search.search.study import REASON, slot_of
 
 logger = logging.getLogger(__name__)
@@ -94,11 +94,11 @@ def fail_stale_trials(study: optuna.Study, own: set[int]) -> list[FrozenTrial]:
     (a stalled database or a frozen loop) would then fail its own healthy trial. Returns
     the trials failed here (after the storage's stale-trial callback re-queued them).
     """
-    storage = study._storage
-    if not is_heartbeat_enabled(storage):
+    storage = private.storage_of(study)
+    if not private.heartbeat_enabled(storage):
         return []
     failed_ids = []
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
+    for trial_id in private.stale_trial_ids(study):
         if trial_id in own:
             continue
         try:

@@ -9,6 +9,18 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from aam_search.search.callbacks import (
+    EpochReported,
+    StudyFinished,
+    StudyHalted,
+    StudyPrepared,
+    TrialCompleted,
+    TrialFailed,
+    TrialPruned,
+    TrialStale,
+    TrialStarted,
+    TunerCallback,
+)
 from aam_search.search.pareto import pareto_front
 from aam_search.search.shown import ABOVE_CHANCE, interval, with_interval
 
@@ -41,14 +53,20 @@ def _percent(value: Any) -> str:
     return f"{100 * value:+.1f}%" if isinstance(value, (int, float)) else "-"
 
 
-class StudyView:
+class StudyView(TunerCallback):
+    """The tuner loop's events as log lines, and on a terminal a live table of the running
+    trials and the front (read from the study StudyPrepared hands over)."""
+
     def __init__(self, console: Console | None = None):
         self.console = console or Console()
         self.interactive = self.console.is_terminal
         self.running: dict[int, dict[str, Any]] = {}
-        self.counts = {"completed": 0, "failed": 0}
+        self.counts = {"completed": 0, "failed": 0, "pruned": 0}
+        self.pruned: dict[int, int] = {}  # trial number -> the rung it was stopped at
         self.hypervolume = 0.0
         self.live: Live | None = None
+        self.study: Any = None
+        self.objectives: list[str] = []
 
     def __enter__(self) -> StudyView:
         if self.interactive:
@@ -63,43 +81,69 @@ class StudyView:
     def log(self, message: str) -> None:
         self.console.print(message, soft_wrap=True, highlight=False)
 
-    def handle(self, event: str, payload: dict[str, Any], orchestrator: Any) -> None:
-        number = payload.get("number")
-        if event == "prepared":
-            base = payload["baseline"]
-            self.log(f"raw baseline: utility {base['utility']:.3f}, leakage {base['leakage']:.3f} "
-                     f"(cache {payload['cache']})")
-        elif event == "started":
-            self.running[number] = {"devices": payload["devices"] or "cpu", "epoch": "-", "loss": "-",
-                                    "started": time.time()}
-            self.log(f"trial {number} started on {self.running[number]['devices']}: {payload['params']}")
-        elif event == "epoch" and number in self.running:
-            metrics = payload["metrics"]
-            self.running[number].update(epoch=metrics.get("epoch"), loss=metrics.get("loss"),
-                                        l_lc=metrics.get("l_lc"), l_privacy=metrics.get("l_privacy"))
-        elif event == "completed":
-            self.running.pop(number, None)
-            self.counts["completed"] += 1
-            self.hypervolume = payload["hypervolume"]
-            result = payload["result"]
-            removed = result.get(ABOVE_CHANCE)
-            removed = f", above-chance leakage removed {_percent(removed)}" if removed is not None else ""
-            self.log(f"trial {number} completed: utility {result['utility']:.3f}, leakage "
-                     f"{result['leakage']:.3f}{removed}, hypervolume {self.hypervolume:.4f}")
-        elif event == "failed":
-            self.running.pop(number, None)
-            self.counts["failed"] += 1
-            retry = " (will be re-run)" if payload["retried"] else ""
-            self.log(f"[red]trial {number} failed[/]: {payload['reason']}{retry}")
-        elif event == "stale":  # another (or an earlier, dead) worker's trial that nobody beats for
-            retry = " (will be re-run)" if payload["retried"] else ""
-            self.log(f"[yellow]trial {number} failed[/]: {payload['reason']}{retry}")
-        elif event == "halted":
-            self.log(f"[bold red]stopping the study[/]: {payload['reason']}")
-        if self.live is not None and hasattr(orchestrator, "study"):
-            self.live.update(self._render(orchestrator))
+    def on_study_prepared(self, event: StudyPrepared) -> None:
+        self.study, self.objectives = event.study, list(event.objectives)
+        base = event.baseline
+        self.log(f"raw baseline: utility {base['utility']:.3f}, leakage {base['leakage']:.3f} (cache {event.cache})")
+        self._refresh()
 
-    def _render(self, orchestrator: Any) -> Group:
+    def on_trial_started(self, event: TrialStarted) -> None:
+        self.running[event.number] = {"devices": list(event.devices) or "cpu", "epoch": "-", "loss": "-",
+                                      "started": time.time()}
+        self.log(f"trial {event.number} started on {self.running[event.number]['devices']}: {dict(event.params)}")
+        self._refresh()
+
+    def on_epoch_reported(self, event: EpochReported) -> None:
+        if event.number in self.running:
+            metrics = event.metrics
+            self.running[event.number].update(epoch=metrics.get("epoch"), loss=metrics.get("loss"),
+                                              l_lc=metrics.get("l_lc"), l_privacy=metrics.get("l_privacy"))
+        self._refresh()
+
+    def on_trial_completed(self, event: TrialCompleted) -> None:
+        self.running.pop(event.number, None)
+        self.counts["completed"] += 1
+        self.hypervolume = event.hypervolume
+        result = event.result
+        removed = result.get(ABOVE_CHANCE)
+        removed = f", above-chance leakage removed {_percent(removed)}" if removed is not None else ""
+        self.log(f"trial {event.number} completed: utility {result['utility']:.3f}, leakage "
+                 f"{result['leakage']:.3f}{removed}, hypervolume {self.hypervolume:.4f}")
+        self._refresh()
+
+    def on_trial_failed(self, event: TrialFailed) -> None:
+        self.running.pop(event.number, None)
+        self.counts["failed"] += 1
+        retry = " (will be re-run)" if event.retried else ""
+        self.log(f"[red]trial {event.number} failed[/]: {event.reason}{retry}")
+        self._refresh()
+
+    def on_trial_pruned(self, event: TrialPruned) -> None:
+        self.running.pop(event.number, None)
+        self.counts["pruned"] += 1
+        self.pruned[event.number] = event.rung
+        values = ", ".join(f"{name} {value:.3f}" for name, value in zip(self.objectives, event.values, strict=False))
+        self.log(f"[yellow]trial {event.number} pruned[/] at rung {event.rung} (epoch {event.epoch})"
+                 f"{': ' + values if values else ''}: {event.reason}")
+        self._refresh()
+
+    def on_trial_stale(self, event: TrialStale) -> None:  # another (or an earlier, dead) worker's trial
+        retry = " (will be re-run)" if event.retried else ""
+        self.log(f"[yellow]trial {event.number} failed[/]: {event.reason}{retry}")
+        self._refresh()
+
+    def on_study_halted(self, event: StudyHalted) -> None:
+        self.log(f"[bold red]stopping the study[/]: {event.reason}")
+        self._refresh()
+
+    def on_study_finished(self, event: StudyFinished) -> None:
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self.live is not None and self.study is not None:
+            self.live.update(self._render())
+
+    def _render(self) -> Group:
         status = Table(title="running trials")
         for column in ("trial", "devices", "epoch", "loss", "L_LC", "L_B", "elapsed"):
             status.add_column(column)
@@ -107,7 +151,8 @@ class StudyView:
             status.add_row(str(number), str(info["devices"]), str(info["epoch"]), _short(info["loss"]),
                            _short(info.get("l_lc", "-")), _short(info.get("l_privacy", "-")),
                            f"{time.time() - info['started']:.0f}s")
-        summary = (f"completed {self.counts['completed']}, failed {self.counts['failed']}, "
+        pruned = f", pruned {self.counts['pruned']}" if self.counts["pruned"] else ""
+        summary = (f"completed {self.counts['completed']}, failed {self.counts['failed']}{pruned}, "
                    f"hypervolume {self.hypervolume:.4f}")
-        trials = orchestrator.study.get_trials(deepcopy=False)
-        return Group(status, summary, front_table(trials, orchestrator.config.objectives))
+        trials = self.study.get_trials(deepcopy=False)
+        return Group(status, summary, front_table(trials, self.objectives))

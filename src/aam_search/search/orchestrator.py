@@ -1,7 +1,7 @@
 """The tuner loop: ask Optuna, launch trial processes, watch them, tell Optuna.
 
-The orchestrator is the only writer to the Optuna storage (and, through ``tracking``, to
-MLflow). Trials report only through files in their folder, so a trial that is killed loses
+The orchestrator is the only writer to the Optuna storage (and, through the callbacks it is
+handed, see :mod:`~aam_search.search.callbacks`, to MLflow). Trials report only through files in their folder, so a trial that is killed loses
 nothing already recorded. ``aam-search start`` runs it with a study config; ``aam-search
 worker`` runs the same loop against an existing study from another machine.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.trial import TrialState
@@ -24,14 +24,27 @@ from aam_search.features.config import ConfigError, ExtractConfig
 from aam_search.features.extract import extract_features
 from aam_search.protocol import FAILURE_KIND, INPUT_FAILURE, is_retryable
 from aam_search.redact import redact, scrub
+from aam_search.search import optuna_access as private
 from aam_search.search.backend import DevicePool, RunningTrial, detect_gpus, start_trial
+from aam_search.search.callbacks import (
+    Dispatcher,
+    EpochReported,
+    Event,
+    StudyFinished,
+    StudyHalted,
+    StudyPrepared,
+    TrialCompleted,
+    TrialFailed,
+    TrialStale,
+    TrialStarted,
+    TunerCallback,
+)
 from aam_search.search.config import StudyConfig
 from aam_search.search.heartbeat import STALE_REASON, HeartbeatThread, fail_stale_trials, rerun_queued
 from aam_search.search.inputs import input_problem
-from aam_search.search.pareto import hypervolume, objective_value, pareto_front, reference_point
+from aam_search.search.pareto import hypervolume, pareto_front, reference_point
 from aam_search.search.record import BASELINE_ATTR, CONFIG_ATTR, HYPERVOLUME_ATTR, hypervolume_history
-from aam_search.search.recovery import Verdict, keep_result
-from aam_search.search.shown import result_attrs
+from aam_search.search.recovery import check_result, keep_result
 from aam_search.search.storage import StorageError
 from aam_search.search.study import (
     ATTEMPT,
@@ -49,7 +62,6 @@ from aam_search.spaces import SearchSpace, merge_overrides, resolve_space
 from aam_search.trainer.baseline import raw_baseline, worst_case
 from aam_search.trainer.config import TrialConfig, parse_trial_config
 from aam_search.trainer.label_needs import activates, check_attr_labels, objectives_needing_labels
-from aam_search.trainer.reporter import finite_number
 
 # Reasons the orchestrator stops its own trials with: not the trials' fault, so each is
 # queued again without using up a retry ("interrupted": a signal; "stopped": a broken input).
@@ -68,14 +80,18 @@ class StudyOutcome:
 
 
 class Orchestrator:
-    def __init__(self, config: StudyConfig, *, view: Any | None = None, worker: bool = False):
+    def __init__(self, config: StudyConfig, *, callbacks: Iterable[TunerCallback] = (), worker: bool = False,
+                 progress: bool = False):
+        """``callbacks`` get every event (the live view, the MLflow tracker: the caller builds
+        them); ``progress`` shows the feature extraction's progress bar."""
         self.config = config
-        self.view = view
         self.worker = worker
+        self.progress = progress
         self.running: dict[int, tuple[RunningTrial, optuna.Trial]] = {}
         self.stopping: str | None = None  # a signal's name: stop the trials, queue them again
         self.halted: str | None = None  # a shared input is gone: stop the study with this reason
-        self.hooks: list[Callable[[str, dict[str, Any]], None]] = []  # e.g. MLflow tracking
+        self.dispatcher = Dispatcher(callbacks, clean=lambda text: scrub(text, config.storage_url))
+        self.callbacks = self.dispatcher.callbacks  # add more before run()
 
     # ------------------------------------------------------------------ preparation
     def prepare(self) -> None:
@@ -84,11 +100,6 @@ class Orchestrator:
             raise ConfigError("early_stopping: MO-ASHA is not applied by the tuner loop yet (its decision "
                               "rule and config are in place); remove early_stopping to run this study")
         config.workdir.mkdir(parents=True, exist_ok=True)
-        self.tracker = None
-        if config.track:  # first, so an unreachable MLflow fails the start in seconds
-            from aam_search.tracking.runs import StudyTracker
-
-            self.tracker = StudyTracker.connect(config)
         self.cache = self._feature_cache()
         self.cache.verify()  # once per study, before the first trial: content hashes of the cache
         self.space: SearchSpace = resolve_space(config.space)
@@ -98,19 +109,17 @@ class Orchestrator:
         self.baseline, self.chance = self._baseline_values(baseline)
         self.reference = reference_point(config.objectives, self.baseline)
         self.study = open_study(config, grid=self.space.grid(), create=not self.worker)
-        self.beats = HeartbeatThread(self.study._storage, config.heartbeat_interval_s)
+        self.beats = HeartbeatThread(private.storage_of(self.study), config.heartbeat_interval_s)
         if not self.worker:
             self.study.set_user_attr(CONFIG_ATTR, config.record())  # no secrets: see StudyConfig.record
             self.study.set_user_attr(BASELINE_ATTR, self.baseline)
             enqueue_start_points(self.study, config, set(self.space.distributions()))
-        if self.tracker is not None:
-            self.tracker.open(self.study, space=self.space, base_trial=self.base_trial, baseline=self.baseline,
-                              worker=self.worker)
-            self.hooks.append(self.tracker.handle)
         gpus = detect_gpus()
         self.devices = DevicePool(gpus=gpus, gpus_per_trial=config.gpus_per_trial,
                                   max_parallel=config.max_parallel, base_port=config.base_port)
-        self._emit("prepared", {"cache": str(self.cache.path), "baseline": self.baseline, "gpus": gpus})
+        self._emit(StudyPrepared(study=self.study, objectives=tuple(config.objectives), space=self.space,
+                                 base_trial=self.base_trial, baseline=self.baseline, cache=str(self.cache.path),
+                                 gpus=tuple(gpus), worker=self.worker))
 
     def _check_label_needs(self) -> None:
         """Before the first trial: objectives the trial config or the space can turn on that
@@ -132,7 +141,7 @@ class Orchestrator:
             cache_root=data.cache_root or self.config.workdir / "cache",
             decode_workers=data.decode_workers, strict=data.strict,
         )
-        return extract_features(extract, show_progress=self.view is not None and self.view.interactive).cache
+        return extract_features(extract, show_progress=self.progress).cache
 
     def _baseline_values(self, baseline: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
         """Raw-feature values of every objective, and their chance levels."""
@@ -161,8 +170,8 @@ class Orchestrator:
     def run(self) -> StudyOutcome:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         last_stale_check = 0.0
-        status = "failed"
-        self.beats.start()  # beats never wait on this loop (nor on the hooks it calls)
+        status: Literal["finished", "interrupted", "stopped", "failed"] = "failed"
+        self.beats.start()  # beats never wait on this loop (nor on the callbacks it calls)
         try:
             while True:
                 now = time.time()
@@ -194,7 +203,7 @@ class Orchestrator:
             self.beats.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self._emit("finished", {"status": status, "reason": self.halted})
+            self._emit(StudyFinished(status=status, reason=self.halted))
         return self.outcome()
 
     def _stop_unwatched(self, reason: str) -> None:
@@ -203,17 +212,16 @@ class Orchestrator:
 
     def _fail_stale_trials(self) -> None:
         """Fail other workers' trials whose beats stopped (never one this process runs)."""
-        own = {trial._trial_id for _, trial in self.running.values()} | self.beats.owned()
+        own = {private.trial_id(trial) for _, trial in self.running.values()} | self.beats.owned()
         for trial in fail_stale_trials(self.study, own):
-            self._emit("stale", {"number": trial.number, "reason": STALE_REASON,
-                                 "retried": rerun_queued(self.study, trial)})
+            self._emit(TrialStale(number=trial.number, reason=STALE_REASON, retried=rerun_queued(self.study, trial)))
 
     def _halt(self, reason: str) -> None:
         """Stop the study: a shared input every trial needs is missing or broken. Running
         trials are stopped and queued again; no trial's budget is spent on it."""
         if self.halted is None:
             self.halted = reason
-            self._emit("halted", {"reason": reason})
+            self._emit(StudyHalted(reason=reason))
 
     def _fill_devices(self) -> None:
         while self.devices.free and not self.halted:
@@ -227,7 +235,7 @@ class Orchestrator:
             trial = self.study.ask()
             # Beat at once: a RUNNING trial without any heartbeat is never found stale, so
             # a worker killed before its first beat would hold the study open for good.
-            self.study._storage.record_heartbeat(trial._trial_id)
+            private.storage_of(self.study).record_heartbeat(private.trial_id(trial))
             if not admit(self.study, trial, self.config.n_trials):
                 return
             self._launch(trial)
@@ -252,15 +260,15 @@ class Orchestrator:
             self._fail(trial, reason, retry=True, counts_as_attempt=False)
             return
         self.running[trial.number] = (running, trial)
-        self.beats.add(trial._trial_id)
+        self.beats.add(private.trial_id(trial))
         trial.set_user_attr("out_dir", str(out_dir))
         trial.set_user_attr("devices", ",".join(map(str, slot.gpus)) or "cpu")
-        self._emit("started", {"number": trial.number, "params": params, "out_dir": str(out_dir), "devices": slot.gpus})
+        self._emit(TrialStarted(number=trial.number, params=params, out_dir=out_dir, devices=tuple(slot.gpus)))
 
     def _poll(self) -> None:
         for number, (running, trial) in list(self.running.items()):
             for line in running.poll_metrics():
-                self._emit("epoch", {"number": number, "metrics": line})
+                self._emit(EpochReported(number=number, metrics=line))
             if not running.finished() and running.elapsed > running.timeout_s:
                 running.stop(f"timeout after {running.timeout_s:.0f}s")
             if running.finished():
@@ -271,11 +279,11 @@ class Orchestrator:
                 except optuna.exceptions.UpdateFinishedTrialError:
                     # Another worker heard no heartbeat from us for longer than the grace
                     # period, failed this trial and queued its re-run; this run failed too.
-                    frozen = self.study._storage.get_trial(trial._trial_id)
-                    self._emit("failed", {"number": number, "retried": rerun_queued(self.study, frozen),
-                                          "reason": f"failed meanwhile by another worker ({STALE_REASON})"})
+                    frozen = private.frozen(self.study, trial)
+                    self._emit(TrialFailed(number=number, retried=rerun_queued(self.study, frozen),
+                                           reason=f"failed meanwhile by another worker ({STALE_REASON})"))
                 finally:
-                    self.beats.discard(trial._trial_id)
+                    self.beats.discard(private.trial_id(trial))
 
     def _finish(self, running: RunningTrial, trial: optuna.Trial) -> None:
         status, reason, result = running.outcome()
@@ -291,7 +299,7 @@ class Orchestrator:
             # The trial says whether the same parameters could end otherwise (protocol.RETRYABLE).
             self._fail(trial, reason or status, retry=is_retryable(result))
             return
-        verdict = self._verdict(result)
+        verdict = check_result(result, self.config.objectives, self.config.max_utility_drop)
         if isinstance(verdict, str):
             self._fail(trial, verdict, retry=False)
             return
@@ -299,34 +307,16 @@ class Orchestrator:
             verdict.tell(self.study, trial)
         except optuna.exceptions.UpdateFinishedTrialError:
             # Failed meanwhile as stale by another worker: keep what this run measured.
-            original = self.study._storage.get_trial(trial._trial_id)
+            original = private.frozen(self.study, trial)
             told, where = keep_result(self.study, original, verdict)
             retried = told is None and rerun_queued(self.study, original)
-            self._emit("failed", {"number": trial.number, "retried": retried,
-                                  "reason": f"failed meanwhile by another worker ({STALE_REASON}); "
-                                            f"its completed result was {where}"})
+            self._emit(TrialFailed(number=trial.number, retried=retried,
+                                   reason=f"failed meanwhile by another worker ({STALE_REASON}); "
+                                          f"its completed result was {where}"))
             if told is not None:
                 self._completed(told, verdict.values, result)
             return
         self._completed(trial.number, verdict.values, result)
-
-    def _verdict(self, result: dict[str, Any]) -> Verdict | str:
-        """The checked values, attributes and constraint of a completed result, or why it
-        cannot be told to Optuna."""
-        try:
-            values = [objective_value(name, result) for name in self.config.objectives]
-        except KeyError as error:
-            return str(error)
-        constraints = {}
-        if self.config.max_utility_drop is not None:
-            drop = finite_number(result.get("utility_drop"))
-            if drop is None:  # Optuna refuses a NaN constraint; raw utility 0 gives one
-                return (f"cannot check max_utility_drop: utility_drop is {result.get('utility_drop')!r} "
-                        f"(raw utility {result.get('raw_utility')!r})")
-            constraints["max_utility_drop"] = drop - self.config.max_utility_drop
-        attrs = result_attrs(result)
-        attrs["seconds"] = result.get("timings", {}).get("total_s")
-        return Verdict(values, attrs, constraints)
 
     def _completed(self, number: int, values: list[float], result: dict[str, Any]) -> None:
         trials = self.study.get_trials(deepcopy=False)
@@ -334,12 +324,12 @@ class Orchestrator:
         volume = hypervolume(trials, self.config.objectives, self.reference)
         history = hypervolume_history(self.study)
         self.study.set_user_attr(HYPERVOLUME_ATTR, [*history, [done, volume]])
-        self._emit("completed", {"number": number, "values": values, "result": result, "hypervolume": volume})
+        self._emit(TrialCompleted(number=number, values=tuple(values), result=result, hypervolume=volume))
 
     def _fail(self, trial: optuna.Trial, reason: str, *, retry: bool, counts_as_attempt: bool = True) -> bool:
         """Tell Optuna the trial failed; queue a re-run when ``retry`` and retries are left.
-        Returns whether a re-run was queued (what the ``failed`` event's ``retried`` says)."""
-        frozen = self.study._storage.get_trial(trial._trial_id)
+        Returns whether a re-run was queued (what :class:`TrialFailed`'s ``retried`` says)."""
+        frozen = private.frozen(self.study, trial)
         attempt = int(frozen.user_attrs.get(ATTEMPT, 0))
         trial.set_user_attr(REASON, reason[:2000])
         rerun = retry and (not counts_as_attempt or attempt < self.config.max_retries)
@@ -350,7 +340,7 @@ class Orchestrator:
                             ATTEMPT: attempt + (1 if counts_as_attempt else 0)},
             )
         self.study.tell(trial, state=TrialState.FAIL)
-        self._emit("failed", {"number": trial.number, "reason": reason, "retried": rerun})
+        self._emit(TrialFailed(number=trial.number, reason=reason, retried=rerun))
         return rerun
 
     def _stop_all(self, reason: str) -> None:
@@ -358,11 +348,8 @@ class Orchestrator:
             running.stop(reason)
         self._poll()
 
-    def _emit(self, event: str, payload: dict[str, Any]) -> None:
-        if self.view is not None:
-            self.view.handle(event, payload, self)
-        for hook in self.hooks:
-            hook(event, payload)
+    def _emit(self, event: Event) -> None:
+        self.dispatcher.emit(event)
 
     # ------------------------------------------------------------------ results
     def outcome(self) -> StudyOutcome:

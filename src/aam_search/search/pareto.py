@@ -9,6 +9,7 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from aam_search.errors import AamSearchError
+from aam_search.search import optuna_access as private
 from aam_search.search.study import DISCARDED, objective_direction
 
 
@@ -93,8 +94,6 @@ def reference_point(objectives: list[str], baseline: dict[str, float]) -> np.nda
 
 
 def hypervolume(trials: list[FrozenTrial], objectives: list[str], reference: np.ndarray) -> float:
-    from optuna._hypervolume import compute_hypervolume
-
     front = pareto_front(trials, objectives)
     if not front:
         return 0.0
@@ -103,4 +102,4 @@ def hypervolume(trials: list[FrozenTrial], objectives: list[str], reference: np.
     inside = points[np.all(points < ref, axis=1)]
     if len(inside) == 0:
         return 0.0
-    return float(compute_hypervolume(inside, ref))
+    return private.compute_hypervolume(inside, ref)

@@ -21,8 +21,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from aam_search.search import optuna_access as private
 from aam_search.search.heartbeat import RETRY_HISTORY
+from aam_search.search.pareto import objective_value
+from aam_search.search.shown import result_attrs
 from aam_search.search.study import ATTEMPT, SLOT, slot_of
+from aam_search.trainer.reporter import finite_number
 
 RECOVERED_FROM = "aam:recovered_from"  # trial attr: the trial whose run measured these values
 RECOVERED_PREFIX = "aam:recovered:"  # study attr per trial whose result could go nowhere else
@@ -47,6 +51,25 @@ class Verdict:
         study.tell(trial, self.values)
 
 
+def check_result(result: dict[str, Any], objectives: list[str], max_utility_drop: float | None) -> Verdict | str:
+    """The checked values, attributes and constraint of a completed result, or why it
+    cannot be told to Optuna."""
+    try:
+        values = [objective_value(name, result) for name in objectives]
+    except KeyError as error:
+        return str(error)
+    constraints = {}
+    if max_utility_drop is not None:
+        drop = finite_number(result.get("utility_drop"))
+        if drop is None:  # Optuna refuses a NaN constraint; raw utility 0 gives one
+            return (f"cannot check max_utility_drop: utility_drop is {result.get('utility_drop')!r} "
+                    f"(raw utility {result.get('raw_utility')!r})")
+        constraints["max_utility_drop"] = drop - max_utility_drop
+    attrs = result_attrs(result)
+    attrs["seconds"] = result.get("timings", {}).get("total_s")
+    return Verdict(values, attrs, constraints)
+
+
 def _is_rerun(candidate: FrozenTrial, original: FrozenTrial) -> bool:
     return candidate.number != original.number and (
         slot_of(candidate) == slot_of(original) or original.number in candidate.system_attrs.get(RETRY_HISTORY, ())
@@ -56,7 +79,7 @@ def _is_rerun(candidate: FrozenTrial, original: FrozenTrial) -> bool:
 def keep_result(study: optuna.Study, original: FrozenTrial, verdict: Verdict) -> tuple[int | None, str]:
     """Keep the result of ``original`` (a trial failed meanwhile): returns the number of the
     trial now COMPLETE with it (None when it went to a study attribute) and where it went."""
-    storage = study._storage
+    storage = private.storage_of(study)
     attrs = {**verdict.attrs, RECOVERED_FROM: original.number}
     for out in ("out_dir", "devices"):
         if out in original.user_attrs:
@@ -64,8 +87,8 @@ def keep_result(study: optuna.Study, original: FrozenTrial, verdict: Verdict) ->
     for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         if not _is_rerun(waiting, original) or (original.params and not waiting.params):
             continue
-        if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):  # atomic claim
-            Verdict(verdict.values, attrs, verdict.constraints).tell(study, optuna.Trial(study, waiting._trial_id))
+        if storage.set_trial_state_values(private.trial_id(waiting), state=TrialState.RUNNING):  # atomic claim
+            Verdict(verdict.values, attrs, verdict.constraints).tell(study, private.trial_of(study, waiting))
             return waiting.number, f"told as trial {waiting.number}, its queued re-run, which will not run"
     others = [t for t in study.get_trials(deepcopy=False) if _is_rerun(t, original)
               and t.state in (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)]

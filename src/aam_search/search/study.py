@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from aam_search.errors import AamSearchError
 from aam_search.redact import redact
+from aam_search.search import optuna_access as private
 from aam_search.search.config import StudyConfig
 from aam_search.search.storage import (
     OPTUNA,
@@ -192,7 +193,7 @@ def study_finished(trials: list[FrozenTrial], budget: int) -> bool:
 
 def admit(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
     """Claim a slot for a freshly asked trial, or discard it when the budget is spent."""
-    frozen = study._storage.get_trial(trial._trial_id)
+    frozen = private.frozen(study, trial)
     if SLOT in frozen.user_attrs:  # a retry: it re-uses its slot
         return True
     trials = study.get_trials(deepcopy=False)
@@ -237,7 +238,7 @@ def load_existing_study(name: str, storage: str | None) -> optuna.Study:
 
 def close_study(study: optuna.Study) -> None:
     """Let go of the database connections of a study opened here (a poller opens it often)."""
-    storage = getattr(study._storage, "_backend", study._storage)
+    storage = private.rdb_storage_of(study)
     if isinstance(storage, optuna.storages.RDBStorage):
         storage.engine.dispose()
 

@@ -1,10 +1,9 @@
 """MLflow tracking of a study: one parent run for the study, one child run per trial.
 
-:class:`StudyTracker` is an orchestrator hook (``orchestrator.hooks``): it turns the tuner
-loop's events into MLflow runs, metrics, tags and artifacts. Only the orchestrator process
-talks to MLflow; trial processes never import it. Every call names its run explicitly
-through one ``MlflowClient`` (no fluent active-run stack), so any number of trials can be
-running at once.
+:class:`StudyTracker` is a tuner callback (``search.callbacks``): it turns the tuner loop's
+events into MLflow runs, metrics, tags and artifacts. The CLI and the demo build it
+(:func:`study_tracker`) and hand it to the orchestrator. Only the orchestrator process talks
+to MLflow; trial processes never import it (see ``tracking.mlflow_calls``).
 
 - Experiment ``aam-<study>``; the parent run ``study-<study>`` holds the study's settings
   as params, the raw baseline, the hypervolume after each completed trial (step = number
@@ -16,7 +15,8 @@ running at once.
 - Child run ``trial-<n>`` per Optuna trial (tag ``mlflow.parentRunId``): the sampled
   params and the resolved trial config (``config.*``), per-epoch training metrics
   (``train/*``, step = epoch), the final metrics, tags ``optuna.trial_number``,
-  ``optuna.state``, ``aam.slot``, ``aam.failure_reason`` and ``pareto`` (re-tagged for every
+  ``optuna.state`` (COMPLETE, FAIL or PRUNED; a pruned run also has ``aam.rung``),
+  ``aam.slot``, ``aam.failure_reason`` and ``pareto`` (re-tagged for every
   trial after each completion), and the trial folder's files as artifacts. A retry of a
   crashed trial is a new Optuna trial, so it gets its own run; the failed attempt's run ends
   FAILED with its reason and both carry the same ``aam.slot``.
@@ -27,22 +27,37 @@ minute and tries again; everything stays recorded in Optuna.
 
 from __future__ import annotations
 
+import functools
 import logging
-import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from aam_search.protocol import CONFIG_FILE, TRIAL_FILES
 from aam_search.redact import redact, scrub
+from aam_search.search import optuna_access as private
+from aam_search.search.callbacks import (
+    EpochReported,
+    StudyFinished,
+    StudyPrepared,
+    TrialCompleted,
+    TrialFailed,
+    TrialPruned,
+    TrialStarted,
+    TunerCallback,
+)
 from aam_search.search.config import StudyConfig
 from aam_search.search.pareto import feasible, pareto_front
+from aam_search.search.record import hypervolume_history
 from aam_search.search.study import ATTEMPT, REASON, SLOT, counted
 from aam_search.tracking import importance
+from aam_search.tracking.mlflow_calls import (existing_run, log_batched, log_files, runs_tagged,
+                                             system_metrics_monitor)
 from aam_search.tracking.params import (MAX_PARAM, final_metrics, final_tags, finite_float, flatten, metric_key,
                                         study_params)
 from aam_search.tracking.plots import (
@@ -65,10 +80,33 @@ TRIAL_TAG = "optuna.trial_number"
 STATE_TAG = "optuna.state"
 PARETO_TAG = "pareto"
 REASON_TAG = "aam.failure_reason"
+RUNG_TAG = "aam.rung"  # a pruned trial's: the rung it was stopped at
+PRUNE_REASON_TAG = "aam.prune_reason"
 # protocol.TRIAL_FILES: the files of a trial folder logged as artifacts of its run (when present).
 PAUSE_AFTER_ERROR_S = 60.0
 MAX_TAG = 7900
-BATCH = 100
+# MLflow run status of a trial run, by its Optuna state (a pruned trial ended as planned).
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+
+Handler = TypeVar("Handler", bound=Callable[..., None])
+
+
+def _never_raises(*, even_paused: bool = False) -> Callable[[Handler], Handler]:
+    """A tracker callback that never raises (a tracking failure must not stop the study),
+    skipped before the parent run exists and, unless ``even_paused``, while paused."""
+    def wrap(method: Handler) -> Handler:
+        @functools.wraps(method)
+        def guarded(self: StudyTracker, event: Any) -> None:
+            if self.parent_run_id is None or (not even_paused and time.monotonic() < self._paused_until):
+                return
+            try:
+                method(self, event)
+            except Exception as error:
+                self._warn_once(method.__name__, error)
+
+        return guarded  # type: ignore[return-value]
+
+    return wrap
 
 
 @dataclass
@@ -77,8 +115,17 @@ class TrialRun:
     out_dir: Path | None
 
 
-class StudyTracker:
-    """Logs one study to MLflow; install :meth:`handle` as an orchestrator hook."""
+def study_tracker(config: StudyConfig) -> StudyTracker | None:
+    """The tracker a study asks for (None with ``track: false``), connected now: built before
+    ``prepare``, an unreachable MLflow fails the start in seconds."""
+    if not config.track:
+        return None
+    Path(config.workdir).mkdir(parents=True, exist_ok=True)  # the default store lives there
+    return StudyTracker.connect(config)
+
+
+class StudyTracker(TunerCallback):
+    """Logs one study to MLflow; hand it to the orchestrator as one of its callbacks."""
 
     def __init__(self, config: StudyConfig, client: Any, uri: str, experiment_id: str, *,
                  system_metrics: bool = True):
@@ -122,7 +169,7 @@ class StudyTracker:
         run = None
         stored = study.user_attrs.get(PARENT_ATTR)
         if stored and study.user_attrs.get(URI_ATTR) == shown_uri:
-            run = self._existing_run(stored)
+            run = existing_run(self.client, stored, self.experiment_id)
         tags = {
             "aam.study": config.name,
             "aam.role": "study",
@@ -148,19 +195,9 @@ class StudyTracker:
         self._log(self.parent_run_id, params=new, tags=changed)
         self._log(self.parent_run_id, metrics={f"raw_{metric_key(k)}": v for k, v in baseline.items()
                                                if finite_float(v) is not None})
-        self._start_system_metrics(resume=bool(existing), worker=worker)
+        if self.system_metrics:
+            self._monitor = system_metrics_monitor(self.parent_run_id, self.uri, resume=bool(existing), worker=worker)
         return self.parent_run_id
-
-    def _existing_run(self, run_id: str) -> Any:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            run = self.client.get_run(run_id)
-        except MlflowException:
-            return None
-        if run.info.experiment_id != self.experiment_id or run.info.lifecycle_stage == "deleted":
-            return None
-        return run
 
     def _note(self) -> str:
         name = self.config.name
@@ -169,88 +206,88 @@ class StudyTracker:
                 f"Promote a trial to the model registry: `aam-search promote {name} --storage "
                 f"{redact(self.config.storage_url)}`")
 
-    def _start_system_metrics(self, *, resume: bool, worker: bool) -> None:
-        if not self.system_metrics:
-            return
-        try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    # ------------------------------------------------------------------ the callback
+    def on_study_prepared(self, event: StudyPrepared) -> None:
+        self.open(event.study, space=event.space, base_trial=dict(event.base_trial), baseline=dict(event.baseline),
+                  worker=event.worker)
+        self._tag_prepared(event)
 
-            # its start/stop INFO lines would interleave with the study's own output
-            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    @_never_raises()
+    def _tag_prepared(self, event: StudyPrepared) -> None:
+        self._log(self.parent_run_id, tags={"aam.cache": str(event.cache),
+                                            "aam.gpus": ",".join(map(str, event.gpus)) or "cpu"})
 
-            self._monitor = SystemMetricsMonitor(
-                self.parent_run_id, resume_logging=resume, tracking_uri=self.uri,
-                node_id=socket.gethostname() if worker else None,
-            )
-            self._monitor.start()
-        except Exception as error:  # psutil missing, ...: system metrics are a nicety
-            logger.info("no system metrics: %s", error)
-            self._monitor = None
-
-    # ------------------------------------------------------------------ the hook
-    def handle(self, event: str, payload: dict[str, Any]) -> None:
-        """Orchestrator hook. Never raises: a tracking failure must not stop the study."""
-        handler = getattr(self, f"_on_{event}", None)
-        if handler is None or self.parent_run_id is None:
-            return
-        if event != "finished" and time.monotonic() < self._paused_until:
-            return
-        try:
-            handler(payload)
-        except Exception as error:
-            self._paused_until = time.monotonic() + PAUSE_AFTER_ERROR_S
-            if not self._warned:
-                self._warned = True
-                logger.warning(
-                    "MLflow tracking at %s failed on %r (%s: %s); the study goes on and Optuna still "
-                    "records every trial. Tracking retries in %.0fs; further errors are not shown.",
-                    redact(self.uri), event, type(error).__name__, scrub(str(error), self.uri)[:300],
-                    PAUSE_AFTER_ERROR_S,
-                )
-
-    def _on_prepared(self, payload: dict[str, Any]) -> None:
-        self._log(self.parent_run_id, tags={"aam.cache": str(payload.get("cache")),
-                                            "aam.gpus": ",".join(map(str, payload.get("gpus") or [])) or "cpu"})
-
-    def _on_started(self, payload: dict[str, Any]) -> None:
-        number = payload["number"]
-        out_dir = Path(payload["out_dir"]).resolve() if payload.get("out_dir") else None
-        run_id = self._create_trial_run(number, "RUNNING", devices=payload.get("devices"))
-        self.runs[number] = TrialRun(run_id, out_dir)
-        params = {str(k): str(v)[:MAX_PARAM] for k, v in (payload.get("params") or {}).items()}
-        if out_dir is not None and (out_dir / CONFIG_FILE).is_file():
+    @_never_raises()
+    def on_trial_started(self, event: TrialStarted) -> None:
+        out_dir = Path(event.out_dir).resolve()
+        run_id = self._create_trial_run(event.number, "RUNNING", devices=event.devices)
+        self.runs[event.number] = TrialRun(run_id, out_dir)
+        params = {str(k): str(v)[:MAX_PARAM] for k, v in event.params.items()}
+        if (out_dir / CONFIG_FILE).is_file():
             params.update(flatten(yaml.safe_load((out_dir / CONFIG_FILE).read_text()) or {}, "config."))
         self._log(run_id, params=params)
 
-    def _on_epoch(self, payload: dict[str, Any]) -> None:
-        run = self.runs.get(payload["number"])
+    @_never_raises()
+    def on_epoch_reported(self, event: EpochReported) -> None:
+        run = self.runs.get(event.number)
         if run is None:
             return
-        line = payload["metrics"]
+        line = event.metrics
         step = int(line.get("epoch", 0))
         metrics = {f"train/{k}": v for k, v in line.items() if k != "epoch" and finite_float(v) is not None}
         self._log(run.run_id, metrics=metrics, step=step)
 
-    def _on_completed(self, payload: dict[str, Any]) -> None:
-        number = payload["number"]
-        run = self.runs.pop(number, None) or TrialRun(self._create_trial_run(number, "RUNNING"), None)
-        result = payload.get("result") or {}
+    @_never_raises()
+    def on_trial_completed(self, event: TrialCompleted) -> None:
+        run = self._end_run(event.number, "RUNNING")
+        result = dict(event.result)
         self._log(run.run_id, metrics=final_metrics(result), tags={STATE_TAG: "COMPLETE", **final_tags(result)})
         self._log_trial_files(run)
-        self.client.set_terminated(run.run_id, status="FINISHED")
-        self._refresh(hypervolume=payload.get("hypervolume"))
+        self.client.set_terminated(run.run_id, status=RUN_STATUS["COMPLETE"])
+        self._refresh(hypervolume=event.hypervolume)
 
-    def _on_failed(self, payload: dict[str, Any]) -> None:
-        number = payload["number"]
-        run = self.runs.pop(number, None) or TrialRun(self._create_trial_run(number, "FAIL"), None)
-        reason = str(payload.get("reason") or "unknown")
-        tags = {STATE_TAG: "FAIL", REASON_TAG: reason[:MAX_TAG], "aam.retried": str(bool(payload.get("retried"))).lower()}
+    @_never_raises()
+    def on_trial_failed(self, event: TrialFailed) -> None:
+        run = self._end_run(event.number, "FAIL")
+        reason = str(event.reason or "unknown")
+        tags = {STATE_TAG: "FAIL", REASON_TAG: reason[:MAX_TAG], "aam.retried": str(bool(event.retried)).lower()}
         self._log(run.run_id, tags=tags)
         self._log_trial_files(run)
-        status = "KILLED" if reason.startswith("study interrupted") else "FAILED"
+        status = "KILLED" if reason.startswith("study interrupted") else RUN_STATUS["FAIL"]
         self.client.set_terminated(run.run_id, status=status)
 
-    def _on_finished(self, payload: dict[str, Any]) -> None:
+    @_never_raises()
+    def on_trial_pruned(self, event: TrialPruned) -> None:
+        """Early stopping stopped it at a rung: PRUNED, with the rung and its objective
+        values there (step = the rung's epoch)."""
+        run = self._end_run(event.number, "PRUNED")
+        metrics = {f"rung/{metric_key(name)}": value for name, value in zip(self.config.objectives, event.values,
+                                                                            strict=False)
+                   if finite_float(value) is not None}
+        self._log(run.run_id, metrics={**metrics, "rung": event.rung}, step=event.epoch,
+                  tags={STATE_TAG: "PRUNED", RUNG_TAG: str(event.rung), PRUNE_REASON_TAG: event.reason[:MAX_TAG]})
+        self._log_trial_files(run)
+        self.client.set_terminated(run.run_id, status=RUN_STATUS["PRUNED"])
+
+    def _warn_once(self, event: str, error: Exception) -> None:
+        """Pause tracking for a while; say so the first time only."""
+        self._paused_until = time.monotonic() + PAUSE_AFTER_ERROR_S
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "MLflow tracking at %s failed on %r (%s: %s); the study goes on and Optuna still "
+                "records every trial. Tracking retries in %.0fs; further errors are not shown.",
+                redact(self.uri), event, type(error).__name__, scrub(str(error), self.uri)[:300],
+                PAUSE_AFTER_ERROR_S,
+            )
+
+    def _end_run(self, number: int, state: str) -> TrialRun:
+        """The trial's run, taken out of the running ones (created now if it was started
+        elsewhere or while tracking was paused)."""
+        return self.runs.pop(number, None) or TrialRun(self._create_trial_run(number, state), None)
+
+    @_never_raises(even_paused=True)
+    def on_study_finished(self, event: StudyFinished) -> None:
         """This process's loop ended: refresh the parent run and end it, unless it finished
         its share while other workers still run trials (the last one ends it)."""
         from optuna.trial import TrialState
@@ -258,7 +295,7 @@ class StudyTracker:
         try:
             if time.monotonic() >= self._paused_until:
                 self._refresh(final=True)
-            status = payload.get("status")
+            status = event.status
             others = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if status != "finished" or not others:
                 self.client.set_terminated(self.parent_run_id,
@@ -275,13 +312,8 @@ class StudyTracker:
             self._monitor = None
 
     # ------------------------------------------------------------------ runs
-    def _trial_info(self, number: int) -> Any:
-        storage = self.study._storage
-        trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
-        return storage.get_trial(trial_id)
-
     def _create_trial_run(self, number: int, state: str, devices: Any = None) -> str:
-        frozen = self._trial_info(number)
+        frozen = private.frozen_by_number(self.study, number)
         tags = {
             PARENT_TAG: self.parent_run_id,
             "aam.study": self.config.name,
@@ -298,42 +330,16 @@ class StudyTracker:
         return run.info.run_id
 
     def _log_trial_files(self, run: TrialRun) -> None:
-        if run.out_dir is None:
-            return
-        for name in TRIAL_FILES:
-            path = run.out_dir / name
-            if path.is_file():
-                self.client.log_artifact(run.run_id, str(path))
+        if run.out_dir is not None:
+            log_files(self.client, run.run_id, run.out_dir, TRIAL_FILES)
 
     def _log(self, run_id: str, *, params: dict[str, str] | None = None, metrics: dict[str, float] | None = None,
              tags: dict[str, str] | None = None, step: int = 0) -> None:
-        from mlflow.entities import Metric, Param, RunTag
-
-        now = int(time.time() * 1000)
-        items: list[Any] = [Param(k, v) for k, v in (params or {}).items()]
-        items += [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-        items += [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
-        for start in range(0, len(items), BATCH):
-            chunk = items[start:start + BATCH]
-            self.client.log_batch(
-                run_id,
-                metrics=[i for i in chunk if isinstance(i, Metric)],
-                params=[i for i in chunk if isinstance(i, Param)],
-                tags=[i for i in chunk if isinstance(i, RunTag)],
-            )
+        log_batched(self.client, run_id, params=params, metrics=metrics, tags=tags, step=step)
 
     def child_runs(self) -> list[Any]:
         """Every trial run of this study's parent run (all workers' ones)."""
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
-                max_results=1000, page_token=token,
-            )
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return runs_tagged(self.client, self.experiment_id, PARENT_TAG, self.parent_run_id)
 
     # ------------------------------------------------------------------ study-wide refresh
     def _refresh(self, hypervolume: float | None = None, *, final: bool = False) -> None:
@@ -341,8 +347,6 @@ class StudyTracker:
         (a dead worker's), and rewrite the parent run's front, hypervolume and trial table
         (and, when due or ``final``, the parameter importances)."""
         from optuna.trial import TrialState
-
-        from aam_search.search.record import hypervolume_history
 
         objectives = self.config.objectives
         trials = counted(self.study.get_trials(deepcopy=False))
@@ -360,13 +364,12 @@ class StudyTracker:
                 self.client.set_tag(run.info.run_id, PARETO_TAG, wanted)
             trial = by_number.get(number)
             if run.info.status == "RUNNING" and number not in self.runs and trial is not None \
-                    and trial.state in (TrialState.COMPLETE, TrialState.FAIL):
+                    and trial.state.name in RUN_STATUS:
                 tags = {STATE_TAG: trial.state.name}
                 if trial.state == TrialState.FAIL:
                     tags[REASON_TAG] = str(trial.user_attrs.get(REASON, "failed in another process"))[:MAX_TAG]
                 self._log(run.info.run_id, tags=tags)
-                self.client.set_terminated(run.info.run_id,
-                                           status="FINISHED" if trial.state == TrialState.COMPLETE else "FAILED")
+                self.client.set_terminated(run.info.run_id, status=RUN_STATUS[trial.state.name])
         done = sum(t.state == TrialState.COMPLETE for t in trials)
         if hypervolume is not None:
             self._log(self.parent_run_id, step=done, metrics={
