@@ -1,9 +1,9 @@
 """Heartbeats of the trials this worker runs, and the check for trials nobody beats for.
 
 Trials run in child processes, so the orchestrator beats for them. The beats run on a
-thread of their own: the loop also calls the tracking hooks (MLflow), and a request that
-hangs there for longer than the grace period must not make our own healthy trials look
-dead to the other workers. The thread uses the study's RDB storage, whose sessions are
+thread of their own: the loop also calls its callbacks (the MLflow tracker), and a request
+that hangs there for longer than the grace period must not make our own healthy trials
+look dead to the other workers. The thread uses the study's RDB storage, whose sessions are
 per thread, so it holds a database connection of its own and never waits on the loop.
 """
 
