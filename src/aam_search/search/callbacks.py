@@ -94,11 +94,14 @@ class StudyHalted:
     reason: str
 
 
+StudyStatus = Literal["finished", "interrupted", "stopped", "failed"]
+
+
 @dataclass(frozen=True)
 class StudyFinished:
     """This process's loop ended (always sent, also when it ended with an error)."""
 
-    status: Literal["finished", "interrupted", "stopped", "failed"]
+    status: StudyStatus
     reason: str | None  # why it stopped itself (StudyHalted's reason)
 
 

@@ -1,9 +1,10 @@
 """The tuner loop: ask Optuna, launch trial processes, watch them, tell Optuna.
 
 The orchestrator is the only writer to the Optuna storage (and, through the callbacks it is
-handed, see :mod:`~aam_search.search.callbacks`, to MLflow). Trials report only through files in their folder, so a trial that is killed loses
-nothing already recorded. ``aam-search start`` runs it with a study config; ``aam-search
-worker`` runs the same loop against an existing study from another machine.
+handed, :mod:`~aam_search.search.callbacks`, to MLflow). Trials report only through files
+in their folder, so a trial that is killed loses nothing already recorded. ``aam-search
+start`` runs it with a study config; ``aam-search worker`` runs the same loop against an
+existing study from another machine.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -33,6 +34,7 @@ from aam_search.search.callbacks import (
     StudyFinished,
     StudyHalted,
     StudyPrepared,
+    StudyStatus,
     TrialCompleted,
     TrialFailed,
     TrialStale,
@@ -170,7 +172,7 @@ class Orchestrator:
     def run(self) -> StudyOutcome:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         last_stale_check = 0.0
-        status: Literal["finished", "interrupted", "stopped", "failed"] = "failed"
+        status: StudyStatus = "failed"
         self.beats.start()  # beats never wait on this loop (nor on the callbacks it calls)
         try:
             while True:
