@@ -28,7 +28,8 @@ from aam_search.search.backend import DevicePool, RunningTrial, detect_gpus, sta
 from aam_search.search.config import StudyConfig
 from aam_search.search.heartbeat import STALE_REASON, HeartbeatThread, fail_stale_trials, rerun_queued
 from aam_search.search.inputs import input_problem
-from aam_search.search.pareto import hypervolume, objective_value, pareto_front, reference_point
+from aam_search.search.objectives import baseline_values, objective_value
+from aam_search.search.pareto import hypervolume, pareto_front, reference_point
 from aam_search.search.record import BASELINE_ATTR, CONFIG_ATTR, HYPERVOLUME_ATTR, hypervolume_history
 from aam_search.search.recovery import Verdict, keep_result
 from aam_search.search.shown import result_attrs
@@ -46,7 +47,7 @@ from aam_search.search.study import (
     waiting_trials,
 )
 from aam_search.spaces import SearchSpace, merge_overrides, resolve_space
-from aam_search.trainer.baseline import raw_baseline, worst_case
+from aam_search.trainer.baseline import raw_baseline
 from aam_search.trainer.config import TrialConfig, parse_trial_config
 from aam_search.trainer.label_needs import activates, check_attr_labels, objectives_needing_labels
 from aam_search.trainer.reporter import finite_number
@@ -136,15 +137,7 @@ class Orchestrator:
 
     def _baseline_values(self, baseline: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
         """Raw-feature values of every objective, and their chance levels."""
-        values = {name: tasks["top1"] for name, tasks in baseline["tasks"].items() if name != "action"}
-        chance = {name: tasks["chance"] for name, tasks in baseline["tasks"].items() if name != "action"}
-        main = baseline["tasks"].get("action") or next(iter(baseline["tasks"].values()))
-        values["utility"], chance["utility"] = main["top1"], main["chance"]
-        for protocol, leak in baseline["privacy"].items():
-            values[f"leakage:{protocol}"], chance[f"leakage:{protocol}"] = leak["cmap"], leak["chance"]
-        # As in each trial's result (trainer.baseline.summarize): the worst case over protocols.
-        _, values["leakage"], chance["leakage"] = worst_case(baseline["privacy"])
-        return values, chance
+        return baseline_values(baseline)
 
     def _trial_config(self, params: dict[str, Any]) -> TrialConfig:
         base = {**self.config.trial, "cache": str(self.cache.path)}

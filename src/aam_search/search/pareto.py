@@ -1,44 +1,12 @@
-"""Objective values from a trial's result, the Pareto front and its hypervolume."""
+"""The Pareto front of a study and its hypervolume."""
 
 from __future__ import annotations
-
-import math
-from typing import Any
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
-from aam_search.errors import AamSearchError
-from aam_search.search.study import DISCARDED, objective_direction
-
-
-class ObjectiveError(AamSearchError, KeyError):
-    """A result.json that lacks a value an objective needs."""
-
-
-def objective_value(name: str, result: dict[str, Any]) -> float:
-    """Read one objective from a trial's result.json."""
-    try:
-        if name == "utility":
-            value = result["utility"]
-        elif name == "leakage":
-            value = result["leakage"]
-        elif name.startswith("leakage:"):
-            value = result["measured"]["privacy"][name.split(":", 1)[1]]["cmap"]
-        elif name.startswith("task:"):
-            value = result["measured"]["tasks"][name]["top1"]
-        elif name == "params":
-            value = result["adapter_parameters"]
-        elif name == "combined":
-            value = result["combined_score"]
-        else:
-            raise KeyError(name)
-    except KeyError as missing:
-        raise ObjectiveError(f"result has no value for objective {name!r} (missing {missing})") from None
-    value = float(value)
-    if not math.isfinite(value):
-        raise ObjectiveError(f"objective {name!r} is {value}")
-    return value
+from aam_search.search.objectives import direction, reference_value
+from aam_search.search.study import DISCARDED
 
 
 def completed(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -46,7 +14,7 @@ def completed(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 
 def _as_minimization(values: np.ndarray, objectives: list[str]) -> np.ndarray:
-    signs = np.array([1.0 if objective_direction(n) == "minimize" else -1.0 for n in objectives])
+    signs = np.array([1.0 if direction(n) == "minimize" else -1.0 for n in objectives])
     return values * signs
 
 
@@ -72,24 +40,13 @@ def pareto_front(trials: list[FrozenTrial], objectives: list[str]) -> list[Froze
         return []
     values = np.array([t.values for t in candidates], dtype=float)
     front = [t for t, keep in zip(candidates, pareto_mask(values, objectives), strict=True) if keep]
-    first = objective_direction(objectives[0]) == "maximize"
+    first = direction(objectives[0]) == "maximize"
     return sorted(front, key=lambda t: t.values[0], reverse=first)
 
 
 def reference_point(objectives: list[str], baseline: dict[str, float]) -> np.ndarray:
-    """Derived from the raw baseline: a trial must keep half the raw utility and leak less
-    than raw features to add hypervolume. Other objectives use generous bounds."""
-    point = []
-    for name in objectives:
-        if name == "utility" or name.startswith("task:"):
-            point.append(0.5 * baseline.get(name, baseline.get("utility", 1.0)))
-        elif name.startswith("leakage"):
-            point.append(baseline.get(name, baseline.get("leakage", 1.0)))
-        elif name == "params":
-            point.append(baseline.get("params", 1e9))
-        else:  # combined score
-            point.append(0.0)
-    return np.array(point, dtype=float)
+    """The hypervolume's reference point, from the raw baseline (see the objectives table)."""
+    return np.array([reference_value(name, baseline) for name in objectives], dtype=float)
 
 
 def hypervolume(trials: list[FrozenTrial], objectives: list[str], reference: np.ndarray) -> float:

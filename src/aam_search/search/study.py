@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from aam_search.errors import AamSearchError
 from aam_search.redact import redact
 from aam_search.search.config import StudyConfig
+from aam_search.search.objectives import direction
 from aam_search.search.storage import (
     OPTUNA,
     Database,
@@ -65,10 +66,6 @@ PAPER_FIELDS = (
 # Where the paper's point cannot be the default: HSIC off (0) cannot lie in a log range.
 PAPER_CHOICES = {"loss.w_hsic": 0.01}  # as good as off
 PAPER_DEFAULT = {name: PAPER_CHOICES.get(name, trainer_defaults()[name]) for name in PAPER_FIELDS}
-
-
-def objective_direction(name: str) -> str:
-    return "minimize" if name.startswith("leakage") or name == "params" else "maximize"
 
 
 def make_sampler(config: StudyConfig, grid: dict[str, list] | None) -> optuna.samplers.BaseSampler:
@@ -150,11 +147,11 @@ def open_study(config: StudyConfig, grid: dict[str, list] | None = None, *, crea
         study_name=config.name,
         storage=storage,
         sampler=sampler,
-        directions=[objective_direction(name) for name in config.objectives],
+        directions=[direction(name) for name in config.objectives],
         load_if_exists=True,
     )
     existing = study.directions
-    wanted = [optuna.study.StudyDirection.MINIMIZE if objective_direction(n) == "minimize"
+    wanted = [optuna.study.StudyDirection.MINIMIZE if direction(n) == "minimize"
               else optuna.study.StudyDirection.MAXIMIZE for n in config.objectives]
     names = study.metric_names
     if list(existing) != wanted or (names is not None and list(names) != list(config.objectives)):

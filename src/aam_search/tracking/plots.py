@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aam_search.search.shown import ABOVE_CHANCE, chance_of, interval
-from aam_search.search.study import objective_direction
+from aam_search.search.objectives import label
 from aam_search.trainer.reporter import finite_number
 
 
@@ -38,11 +38,6 @@ class TrialPoint:
 def _axes(objectives: Sequence[str]) -> tuple[int, int]:
     """(x, y) objective indices: leakage across, utility up, for the usual pair."""
     return (1, 0) if len(objectives) > 1 else (0, 0)
-
-
-def _label(name: str) -> str:
-    arrow = "lower is better" if objective_direction(name) == "minimize" else "higher is better"
-    return f"{name} ({arrow})"
 
 
 def _completed(points: Sequence[TrialPoint]) -> list[TrialPoint]:
@@ -170,8 +165,8 @@ def pareto_figure(points: Sequence[TrialPoint], objectives: Sequence[str], basel
     raw = (finite_number(baseline.get(objectives[xi])), finite_number(baseline.get(objectives[yi])))
     if raw[0] is not None and raw[1] is not None:
         axes.scatter([raw[0]], [raw[1]], marker="*", c="black", s=120, zorder=4, label="raw features")
-    axes.set_xlabel(_label(objectives[xi]))
-    axes.set_ylabel(_label(objectives[yi]))
+    axes.set_xlabel(label(objectives[xi]))
+    axes.set_ylabel(label(objectives[yi]))
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
     if done or raw[0] is not None:
@@ -238,7 +233,7 @@ def _plotly_html(points, objectives, baseline, path: Path, title: str) -> Path:
         figure.add_vline(x=levels[objectives[xi]], line_dash="dash", annotation_text="chance")
     if yi != xi and objectives[yi] in levels:
         figure.add_hline(y=levels[objectives[yi]], line_dash="dash", annotation_text="chance")
-    figure.update_layout(title=title, xaxis_title=_label(objectives[xi]), yaxis_title=_label(objectives[yi]),
+    figure.update_layout(title=title, xaxis_title=label(objectives[xi]), yaxis_title=label(objectives[yi]),
                          template="plotly_white")
     figure.write_html(str(path), include_plotlyjs=True, full_html=True)
     return path
@@ -303,9 +298,9 @@ def svg_page(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: 
         parts.append(f'<text x="{left - 6}" y="{sy(tick) + 4:.1f}" text-anchor="end" font-size="11">'
                      f'{tick:.3g}</text>')
     parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" text-anchor="middle" '
-                 f'font-size="12">{html.escape(_label(objectives[xi]))}</text>')
+                 f'font-size="12">{html.escape(label(objectives[xi]))}</text>')
     parts.append(f'<text transform="translate(16 {(top + height - bottom) / 2}) rotate(-90)" '
-                 f'text-anchor="middle" font-size="12">{html.escape(_label(objectives[yi]))}</text>')
+                 f'text-anchor="middle" font-size="12">{html.escape(label(objectives[yi]))}</text>')
     front = [p for p in done if p.on_front]
     for level, vertical in ((chance_x, True), (chance_y, False)):
         if level is not None:

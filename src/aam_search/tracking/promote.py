@@ -33,7 +33,8 @@ from optuna.trial import FrozenTrial, TrialState
 from aam_search.search.pareto import completed, pareto_front
 from aam_search.protocol import ADAPTER_FILE, CONFIG_FILE
 from aam_search.redact import redact
-from aam_search.search.study import REASON, objective_direction
+from aam_search.search.objectives import direction
+from aam_search.search.study import REASON
 from aam_search.tracking.errors import PromotionError
 from aam_search.tracking.store import (
     artifact_location,
@@ -143,7 +144,7 @@ def _knee(trials: list[FrozenTrial], objectives: list[str], baseline: dict[str, 
         total = 0.0
         for i, name in enumerate(objectives):
             column = [r[i] for r in values]
-            ideal = max(column) if objective_direction(name) == "maximize" else min(column)
+            ideal = max(column) if direction(name) == "maximize" else min(column)
             raw = finite_number(baseline.get(name))
             scale = abs(raw) if raw else (max(column) - min(column)) or 1.0
             total += ((row[i] - ideal) / scale) ** 2
