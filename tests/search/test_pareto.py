@@ -1,7 +1,6 @@
-"""The Pareto front and hypervolume on hand-made points, (objective values: test_objectives.py)."""
+"""The Pareto front and hypervolume on hand-made points (objective values: test_objectives.py)."""
 
 from __future__ import annotations
-
 
 import numpy as np
 import pytest
