@@ -7,7 +7,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from aam_search.search.pareto import hypervolume, pareto_front, pareto_mask
-from aam_search.search.study import DISCARDED
+from aam_search.search.record import DISCARDED
 
 UL = ["utility", "leakage"]  # maximize, minimize
 

@@ -26,18 +26,15 @@ from aam_search.protocol import FAILURE_KIND, INPUT_FAILURE, is_retryable
 from aam_search.redact import redact, scrub
 from aam_search.search.backend import DevicePool, RunningTrial, detect_gpus, start_trial
 from aam_search.search.config import StudyConfig
-from aam_search.search.heartbeat import STALE_REASON, HeartbeatThread, fail_stale_trials, rerun_queued
+from aam_search.search.heartbeat import HeartbeatThread, fail_stale_trials, rerun_queued
 from aam_search.search.inputs import input_problem
 from aam_search.search.objectives import baseline_values, objective_value
 from aam_search.search.pareto import hypervolume, pareto_front, reference_point
-from aam_search.search.record import BASELINE_ATTR, CONFIG_ATTR, HYPERVOLUME_ATTR, hypervolume_history
+from aam_search.search.record import (STALE_REASON, append_hypervolume, attempt_of, completed_attrs,
+                                      hypervolume_history, rerun_attrs, write_launch, write_reason, write_study)
 from aam_search.search.recovery import Verdict, keep_result
-from aam_search.search.shown import result_attrs
 from aam_search.search.storage import StorageError
 from aam_search.search.study import (
-    ATTEMPT,
-    REASON,
-    SLOT,
     admit,
     counted,
     enqueue_start_points,
@@ -101,8 +98,7 @@ class Orchestrator:
         self.study = open_study(config, grid=self.space.grid(), create=not self.worker)
         self.beats = HeartbeatThread(self.study._storage, config.heartbeat_interval_s)
         if not self.worker:
-            self.study.set_user_attr(CONFIG_ATTR, config.record())  # no secrets: see StudyConfig.record
-            self.study.set_user_attr(BASELINE_ATTR, self.baseline)
+            write_study(self.study, config.record(), self.baseline)  # no secrets: see StudyConfig.record
             enqueue_start_points(self.study, config, set(self.space.distributions()))
         if self.tracker is not None:
             self.tracker.open(self.study, space=self.space, base_trial=self.base_trial, baseline=self.baseline,
@@ -246,8 +242,7 @@ class Orchestrator:
             return
         self.running[trial.number] = (running, trial)
         self.beats.add(trial._trial_id)
-        trial.set_user_attr("out_dir", str(out_dir))
-        trial.set_user_attr("devices", ",".join(map(str, slot.gpus)) or "cpu")
+        write_launch(trial, out_dir, slot.gpus)
         self._emit("started", {"number": trial.number, "params": params, "out_dir": str(out_dir), "devices": slot.gpus})
 
     def _poll(self) -> None:
@@ -317,31 +312,23 @@ class Orchestrator:
                 return (f"cannot check max_utility_drop: utility_drop is {result.get('utility_drop')!r} "
                         f"(raw utility {result.get('raw_utility')!r})")
             constraints["max_utility_drop"] = drop - self.config.max_utility_drop
-        attrs = result_attrs(result)
-        attrs["seconds"] = result.get("timings", {}).get("total_s")
-        return Verdict(values, attrs, constraints)
+        return Verdict(values, completed_attrs(result), constraints)
 
     def _completed(self, number: int, values: list[float], result: dict[str, Any]) -> None:
         trials = self.study.get_trials(deepcopy=False)
         done = sum(t.state == TrialState.COMPLETE for t in trials)
         volume = hypervolume(trials, self.config.objectives, self.reference)
-        history = hypervolume_history(self.study)
-        self.study.set_user_attr(HYPERVOLUME_ATTR, [*history, [done, volume]])
+        append_hypervolume(self.study, done, volume)
         self._emit("completed", {"number": number, "values": values, "result": result, "hypervolume": volume})
 
     def _fail(self, trial: optuna.Trial, reason: str, *, retry: bool, counts_as_attempt: bool = True) -> bool:
         """Tell Optuna the trial failed; queue a re-run when ``retry`` and retries are left.
         Returns whether a re-run was queued (what the ``failed`` event's ``retried`` says)."""
         frozen = self.study._storage.get_trial(trial._trial_id)
-        attempt = int(frozen.user_attrs.get(ATTEMPT, 0))
-        trial.set_user_attr(REASON, reason[:2000])
-        rerun = retry and (not counts_as_attempt or attempt < self.config.max_retries)
+        write_reason(trial, reason)
+        rerun = retry and (not counts_as_attempt or attempt_of(frozen) < self.config.max_retries)
         if rerun:
-            self.study.enqueue_trial(
-                frozen.params,
-                user_attrs={SLOT: frozen.user_attrs.get(SLOT, trial.number),
-                            ATTEMPT: attempt + (1 if counts_as_attempt else 0)},
-            )
+            self.study.enqueue_trial(frozen.params, user_attrs=rerun_attrs(frozen, counts_as_attempt=counts_as_attempt))
         self.study.tell(trial, state=TrialState.FAIL)
         self._emit("failed", {"number": trial.number, "reason": reason, "retried": rerun})
         return rerun

@@ -1,4 +1,4 @@
-"""The Pareto front of a study and its hypervolume."""
+"""The Pareto front of a study, its hypervolume, and the trials summarized against it."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from aam_search.search.objectives import direction, reference_value
-from aam_search.search.study import DISCARDED
+from aam_search.search.record import TrialSummary, feasible, is_discarded, trial_summary
 
 
 def completed(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    return [t for t in trials if t.state == TrialState.COMPLETE and DISCARDED not in t.user_attrs]
+    return [t for t in trials if t.state == TrialState.COMPLETE and not is_discarded(t)]
 
 
 def _as_minimization(values: np.ndarray, objectives: list[str]) -> np.ndarray:
@@ -26,11 +26,6 @@ def pareto_mask(values: np.ndarray, objectives: list[str]) -> np.ndarray:
         dominated = np.all(points <= point, axis=1) & np.any(points < point, axis=1)
         mask[i] = not dominated.any()
     return mask
-
-
-def feasible(trial: FrozenTrial) -> bool:
-    """Optuna 5 constraints (set with ``trial.set_constraint``): feasible when all <= 0."""
-    return all(value <= 0 for value in trial.constraints.values())
 
 
 def pareto_front(trials: list[FrozenTrial], objectives: list[str]) -> list[FrozenTrial]:
@@ -61,3 +56,14 @@ def hypervolume(trials: list[FrozenTrial], objectives: list[str], reference: np.
     if len(inside) == 0:
         return 0.0
     return float(compute_hypervolume(inside, ref))
+
+
+def summarize_trials(trials: list[FrozenTrial], objectives: list[str]) -> list[TrialSummary]:
+    """The study's trials (less the discarded ones) as summaries, marked on the front."""
+    front = {t.number for t in pareto_front(trials, objectives)}
+    return [trial_summary(t, objectives, on_front=t.number in front) for t in trials if not is_discarded(t)]
+
+
+def front_summaries(trials: list[FrozenTrial], objectives: list[str]) -> list[TrialSummary]:
+    """The Pareto front as summaries, best first by the first objective."""
+    return [trial_summary(t, objectives, on_front=True) for t in pareto_front(trials, objectives)]
