@@ -35,8 +35,9 @@ from aam_search.protocol import ADAPTER_FILE, CONFIG_FILE, RESULT_FILE
 from aam_search.search.config import load_study_config
 from aam_search.search.orchestrator import Orchestrator, trial_out_dir
 from aam_search.search.pareto import completed
+from aam_search.search.selection import SelectionError, choose_trial
 from aam_search.tracking.errors import PromotionError
-from aam_search.tracking.promote import choose_trial, evaluate_on_test
+from aam_search.tracking.promote import held_out_metrics
 
 MAX_DROP = 0.01  # "within 1% utility drop", the promotion rule's default
 PROTOCOLS = ("static", "clip", "worst")
@@ -128,7 +129,7 @@ def study_report(generator: str, orchestrator: Orchestrator, seconds: float) -> 
     try:
         chosen, rule = choose_trial(trials, config.objectives, max_utility_drop=MAX_DROP)
         folder = trial_out_dir(config, chosen.number)
-        test = evaluate_on_test(folder / ADAPTER_FILE, yaml.safe_load((folder / CONFIG_FILE).read_text()))
+        test = held_out_metrics(folder / ADAPTER_FILE, yaml.safe_load((folder / CONFIG_FILE).read_text()))
         promoted = (f"{generator}: promoted trial {chosen.number} ({rule}); test utility "
                     f"{test.get('test_utility', math.nan):.3f} "
                     f"(drop {100 * test.get('test_utility_drop', math.nan):.1f}%), "
@@ -140,7 +141,7 @@ def study_report(generator: str, orchestrator: Orchestrator, seconds: float) -> 
         keys[f"{generator}_promoted"] = chosen.number
         keys[f"{generator}_test_removed_worst"] = round(test.get("test_leakage_reduction_above_chance", math.nan), 3)
         keys[f"{generator}_test_utility_drop"] = round(test.get("test_utility_drop", math.nan), 4)
-    except PromotionError as error:
+    except (SelectionError, PromotionError) as error:
         promoted = f"{generator}: nothing promoted: {error}"
         keys[f"{generator}_promoted"] = "none"
     keys[f"{generator}_seconds"] = round(seconds)

@@ -22,7 +22,8 @@ import numpy as np
 import optuna
 
 from aam_search.search.config import DataConfig, StudyConfig
-from aam_search.search.pareto import hypervolume, objective_value, reference_point
+from aam_search.search.objectives import objective_value
+from aam_search.search.pareto import hypervolume, reference_point
 from aam_search.search.study import make_sampler
 from aam_search.spaces import merge_overrides, resolve_space
 from aam_search.trainer.baseline import raw_baseline

@@ -8,7 +8,6 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 import yaml
 from rich.console import Console
@@ -125,35 +124,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return _run(*_orchestrator(config, worker=True))
 
 
-def _trial_rows(study, objectives: list[str], only_front: bool) -> list[dict[str, Any]]:
-    from optuna.trial import TrialState
-
-    from aam_search.search.heartbeat import failure_reason
-    from aam_search.search.pareto import pareto_front
-    from aam_search.search.shown import row_fields
-    from aam_search.search.study import counted
-
-    everything = study.get_trials(deepcopy=False)
-    front_trials = pareto_front(everything, objectives)
-    trials = front_trials if only_front else counted(everything)
-    front = {t.number for t in front_trials}
-    rows = []
-    for trial in trials:
-        row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name, "pareto": trial.number in front}
-        row.update(dict(zip(objectives, trial.values or [None] * len(objectives), strict=True)))
-        for key in ("leakage_reduction", "utility_drop", "combined_score", "aam:reason"):
-            row[key.removeprefix("aam:")] = trial.user_attrs.get(key)
-        row.update(row_fields(trial.user_attrs, objectives))
-        if trial.state == TrialState.FAIL:
-            row["reason"] = failure_reason(trial)
-        row.update({f"param:{k}": v for k, v in trial.params.items()})
-        rows.append(row)
-    return rows
-
-
 def cmd_front(args: argparse.Namespace) -> int:
     from aam_search.search.live import front_table
+    from aam_search.search.pareto import front_summaries, summarize_trials
     from aam_search.search.record import stored_objectives
+    from aam_search.search.shown import trial_rows
     from aam_search.search.study import load_existing_study
 
     study = load_existing_study(args.study, args.storage)
@@ -161,7 +136,9 @@ def cmd_front(args: argparse.Namespace) -> int:
     if args.format == "table":
         console.print(front_table(study.get_trials(deepcopy=False), objectives, title=f"Pareto front of {args.study}"))
         return 0
-    rows = _trial_rows(study, objectives, only_front=not args.all)
+    trials = study.get_trials(deepcopy=False)
+    summaries = front_summaries(trials, objectives) if not args.all else summarize_trials(trials, objectives)
+    rows = trial_rows(summaries, objectives)
     if args.format == "json":
         print(json.dumps(rows, indent=2, default=str))
     else:
@@ -177,8 +154,7 @@ def cmd_front(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
-    from aam_search.search.heartbeat import failure_reason
-    from aam_search.search.record import hypervolume_history, stored_config
+    from aam_search.search.record import hypervolume_history, stored_config, trial_summary
     from aam_search.search.study import counted, load_existing_study
 
     study = load_existing_study(args.study, args.storage)
@@ -195,7 +171,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{history[-1][1] if history else 0.0:.4f} after {history[-1][0] if history else 0} completed")
     for trial in trials:
         if trial.state == TrialState.FAIL:
-            console.print(f"  trial {trial.number} failed: {failure_reason(trial)}", soft_wrap=True)
+            console.print(f"  trial {trial.number} failed: {trial_summary(trial).reason}", soft_wrap=True)
     return 0
 
 

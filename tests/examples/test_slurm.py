@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from aam_search.features.config import load_extract_config
 from aam_search.search.config import load_study_config
-from aam_search.search.study import slot_of
+from aam_search.search.record import slot_of
 from tests.conftest import ENCODER
 from tests.examples.slurm import Cluster, slurm  # noqa: F401  (a fixture)
 from tests.search.conftest import TINY_TRIAL, complete, load_trials

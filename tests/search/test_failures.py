@@ -16,9 +16,8 @@ from optuna.trial import TrialState
 from aam_search.cli import main
 from aam_search.search import backend
 from aam_search.search.callbacks import TrialStale, TrialStarted, TunerCallback
-from aam_search.search.heartbeat import STALE_REASON
 from aam_search.search.orchestrator import Orchestrator
-from aam_search.search.study import ATTEMPT, REASON, SLOT, slot_of
+from aam_search.search.record import ATTEMPT, REASON, SLOT, STALE_REASON, slot_of
 from tests.search.conftest import LONG_TRIAL, Recorder, complete, processes_under, run_study
 
 

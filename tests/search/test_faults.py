@@ -16,10 +16,9 @@ from optuna.trial import TrialState
 from aam_search.cli import main
 from aam_search.protocol import FAILURE_KIND, INPUT_FAILURE
 from aam_search.search.callbacks import TrialCompleted, TrialFailed, TrialStarted, TunerCallback
-from aam_search.search.heartbeat import STALE_REASON
 from aam_search.search.orchestrator import Orchestrator, trial_out_dir
-from aam_search.search.recovery import RECOVERED_FROM, RECOVERED_PREFIX, Verdict, keep_result
-from aam_search.search.study import ATTEMPT, REASON, SLOT, slot_of
+from aam_search.search.record import ATTEMPT, REASON, RECOVERED_FROM, RECOVERED_PREFIX, SLOT, STALE_REASON, slot_of
+from aam_search.search.recovery import Verdict, keep_result
 from tests.search.conftest import Recorder, complete, run_study
 from tests.search.test_failures import another_worker_fails_trial_0, fake_trials
 

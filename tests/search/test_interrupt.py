@@ -14,7 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from aam_search.protocol import read_metrics
-from aam_search.search.study import REASON, StudyNotFound, slot_of
+from aam_search.search.record import REASON, slot_of
+from aam_search.search.study import StudyNotFound
 from tests.search.conftest import LONG_TRIAL, TINY_TRIAL, cli, complete, load_trials, spawn, wait_for
 
 

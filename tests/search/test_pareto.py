@@ -1,22 +1,13 @@
-"""The Pareto front and hypervolume on hand-made points, and objective values from results."""
+"""The Pareto front and hypervolume on hand-made points (objective values: test_objectives.py)."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from aam_search.search.pareto import (
-    ObjectiveError,
-    hypervolume,
-    objective_value,
-    pareto_front,
-    pareto_mask,
-    reference_point,
-)
-from aam_search.search.study import DISCARDED
+from aam_search.search.pareto import hypervolume, pareto_front, pareto_mask
+from aam_search.search.record import DISCARDED
 
 UL = ["utility", "leakage"]  # maximize, minimize
 
@@ -82,26 +73,3 @@ def test_pareto_front_ignores_failed_discarded_and_infeasible_trials():
     assert [t.number for t in front] == [3, 0]
 
 
-def test_objective_values_come_from_the_result():
-    result = {
-        "utility": 0.8, "leakage": 0.4, "combined_score": 0.7, "adapter_parameters": 1234,
-        "measured": {"privacy": {"static": {"cmap": 0.4}, "clip": {"cmap": 0.35}},
-                     "tasks": {"task:scene": {"top1": 0.55}}},
-    }
-    assert objective_value("utility", result) == 0.8
-    assert objective_value("leakage:clip", result) == 0.35
-    assert objective_value("task:scene", result) == 0.55
-    assert objective_value("params", result) == 1234.0
-    assert objective_value("combined", result) == 0.7
-    with pytest.raises(ObjectiveError, match="task:other"):
-        objective_value("task:other", result)
-    # result.json writes NaN as a string: it must not become an objective value.
-    with pytest.raises(ObjectiveError, match="nan"):
-        objective_value("utility", {"utility": "nan"})
-
-
-def test_reference_point_from_the_raw_baseline():
-    baseline = {"utility": 0.8, "leakage": 0.6, "leakage:clip": 0.5}
-    point = reference_point(["utility", "leakage:clip", "params", "combined"], baseline)
-    assert point.tolist() == [0.4, 0.5, 1e9, 0.0]
-    assert not math.isnan(reference_point(["task:scene"], baseline)[0])

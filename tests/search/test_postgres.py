@@ -23,7 +23,8 @@ from optuna.trial import TrialState
 
 from aam_search.cli import main
 from aam_search.search.record import CONFIG_ATTR
-from aam_search.search.study import REASON, SLOT, StudyNotFound, load_existing_study, opened_slots, slot_of
+from aam_search.search.record import REASON, SLOT, slot_of
+from aam_search.search.study import StudyNotFound, load_existing_study, opened_slots
 from tests.search.conftest import TINY_TRIAL, cli, complete, load_trials, processes_under, spawn, wait_for
 
 TRIAL = {**TINY_TRIAL, "optim": {**TINY_TRIAL["optim"], "epochs": 2}}

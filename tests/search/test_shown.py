@@ -9,12 +9,14 @@ import json
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 from rich.console import Console
 
 from aam_search.cli import main
 from aam_search.search.callbacks import TrialCompleted
 from aam_search.search.live import StudyView, front_table
-from aam_search.search.shown import chance_of, interval, result_attrs, row_fields, with_interval
+from aam_search.search.record import completed_attrs, result_attrs, trial_summary
+from aam_search.search.shown import row_fields, trial_rows, with_interval
 
 RESULT = {
     "utility": 0.875, "leakage": 0.75, "leakage_chance": 0.5, "leakage_reduction": 0.1667, "utility_drop": 0.01,
@@ -26,24 +28,43 @@ RESULT = {
 }
 
 
+def _summary(attrs, state=TrialState.COMPLETE, values=(0.875, 0.75)):
+    trial = optuna.trial.create_trial(state=state, values=list(values) if state == TrialState.COMPLETE else None,
+                                      user_attrs=attrs)
+    return trial_summary(trial, ["utility", "leakage"])
+
+
 def test_result_attrs_keep_the_old_keys_and_add_removal_intervals_and_chance():
     attrs = result_attrs(RESULT)
     for key in ("utility", "leakage", "leakage_chance", "leakage_reduction", "utility_drop", "combined_score"):
         assert attrs[key] == RESULT[key]
     assert attrs["leakage_reduction_above_chance"] == 0.25
     assert attrs["leakage_above_chance_removed"]["static"] == 0.6
-    assert interval(attrs, "utility") == (0.81, 0.93) and interval(attrs, "leakage:clip") is None
-    assert chance_of(attrs, "leakage") == 0.5 and chance_of(attrs, "leakage:clip") == 0.6
-    assert chance_of(attrs, "utility") is None
+    assert completed_attrs(RESULT)["seconds"] == 2.0
+    summary = _summary(attrs)
+    assert summary.interval("utility") == (0.81, 0.93) and summary.interval("leakage:clip") is None
+    assert summary.chance("leakage") == 0.5 and summary.chance("leakage:clip") == 0.6
+    assert summary.chance("utility") is None
     # Without intervals (too few videos) the note is kept, and nothing breaks.
     bare = result_attrs({"utility": 0.8, "ci": None, "ci_note": "utility: 4 videos < 10"})
     assert "ci" not in bare and bare["ci_note"] == "utility: 4 videos < 10"
-    assert interval(bare, "utility") is None and with_interval(0.8, None) == "0.8"
+    assert _summary(bare).interval("utility") is None and with_interval(0.8, None) == "0.8"
     assert with_interval(0.875, (0.81, 0.93)) == "0.875 [0.81, 0.93]"
 
 
+def test_a_summary_reads_numbers_written_as_text_and_the_failure_reason():
+    summary = _summary({"utility_drop": "nan", "leakage": "0.5", "ci": {"utility": ["nan", 0.9]}})
+    assert summary.utility_drop is None and summary.leakage == 0.5 and summary.interval("utility") is None
+    failed = _summary({"aam:reason": "diverged: loss", "aam:slot": 3, "aam:attempt": 1}, state=TrialState.FAIL)
+    assert (failed.reason, failed.slot, failed.attempt, failed.values) == ("diverged: loss", 3, 1, None)
+    stale = _summary({}, state=TrialState.FAIL)
+    assert stale.reason.endswith("(stale heartbeat)")
+    (row,) = trial_rows([failed], ["utility", "leakage"])
+    assert row["reason"] == "diverged: loss" and row["utility"] is None and "mlflow_run_id" not in row
+
+
 def test_row_fields_name_each_objectives_interval():
-    row = row_fields(result_attrs(RESULT), ["utility", "leakage:static"])
+    row = row_fields(_summary(result_attrs(RESULT)), ["utility", "leakage:static"])
     assert row["leakage_reduction_above_chance"] == 0.25
     assert row["above_chance_removed:static"] == 0.6 and row["above_chance_removed:clip"] == 0.25
     assert (row["utility_ci_low"], row["utility_ci_high"]) == (0.81, 0.93)

@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 from aam_search.protocol import read_metrics
 from aam_search.search.record import BASELINE_ATTR, CONFIG_ATTR, HYPERVOLUME_ATTR
 from aam_search.search.pareto import hypervolume, pareto_front, pareto_mask
-from aam_search.search.study import ATTEMPT, PAPER_DEFAULT, SLOT, slot_of
+from aam_search.search.record import ATTEMPT, SLOT, slot_of
+from aam_search.search.study import PAPER_DEFAULT
 from tests.search.conftest import TINY_TRIAL, complete
 
 

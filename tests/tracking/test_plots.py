@@ -5,17 +5,19 @@ from __future__ import annotations
 import csv
 from html.parser import HTMLParser
 
-from aam_search.tracking.plots import TrialPoint, hypervolume_csv, hypervolume_png, pareto_png, svg_page, trial_rows, write_csv
+from aam_search.search.record import TrialSummary
+from aam_search.search.shown import trial_rows
+from aam_search.tracking.plots import hypervolume_csv, hypervolume_png, pareto_png, svg_page, write_csv
 
 OBJECTIVES = ["utility", "leakage"]
 POINTS = [
-    TrialPoint(0, "COMPLETE", [0.80, 0.60], on_front=True, params={"loss.w_lc": 100.0}, attrs={"utility_drop": 0.0},
-               run_id="abc"),
-    TrialPoint(1, "COMPLETE", [0.70, 0.30], on_front=True, params={"loss.w_lc": 1.0}),
-    TrialPoint(2, "COMPLETE", [0.60, 0.50], params={"loss.w_lc": 10.0}),
-    TrialPoint(3, "COMPLETE", [0.75, 0.20], feasible=False),
-    TrialPoint(4, "FAIL", None, attrs={"aam:reason": "diverged: <loss> & more"}),
+    TrialSummary(0, "COMPLETE", (0.80, 0.60), on_front=True, params={"loss.w_lc": 100.0}, utility_drop=0.0),
+    TrialSummary(1, "COMPLETE", (0.70, 0.30), on_front=True, params={"loss.w_lc": 1.0}),
+    TrialSummary(2, "COMPLETE", (0.60, 0.50), params={"loss.w_lc": 10.0}),
+    TrialSummary(3, "COMPLETE", (0.75, 0.20), feasible=False),
+    TrialSummary(4, "FAIL", None, reason="diverged: <loss> & more"),
 ]
+RUN_IDS = {0: "abc"}
 BASELINE = {"utility": 0.82, "leakage": 0.65}
 
 
@@ -39,7 +41,7 @@ class Collector(HTMLParser):
 
 
 def test_svg_page_is_self_contained_with_hover_details():
-    page = svg_page(POINTS, OBJECTIVES, BASELINE, "study x <y>")
+    page = svg_page(POINTS, OBJECTIVES, BASELINE, "study x <y>", RUN_IDS)
     parser = Collector()
     parser.feed(page)
     assert "svg" in parser.tags and "script" in parser.tags
@@ -61,17 +63,17 @@ def test_pngs_and_tables(tmp_path):
     rows = list(csv.DictReader(open(hypervolume_csv(history, tmp_path / "h.csv"))))
     assert rows == [{"completed": "1", "hypervolume": "0.0"}, {"completed": "2", "hypervolume": "0.1"},
                     {"completed": "3", "hypervolume": "0.15"}]
-    table = trial_rows(POINTS, OBJECTIVES)
+    table = trial_rows(POINTS, OBJECTIVES, RUN_IDS)
     assert table[4]["state"] == "FAIL" and table[4]["reason"].startswith("diverged") and table[4]["utility"] is None
+    assert [row["mlflow_run_id"] for row in table] == ["abc", None, None, None, None]
     written = list(csv.DictReader(open(write_csv(table, tmp_path / "t.csv"))))
     assert [r["pareto"] for r in written] == ["True", "True", "False", "False", "False"]
 
 
-CI_ATTRS = {"leakage_chance": 0.5, "leakage_reduction_above_chance": 0.375,
-            "ci": {"utility": [0.74, 0.86], "leakage": [0.55, 0.66]}}
 WITH_CI = [
-    TrialPoint(0, "COMPLETE", [0.80, 0.60], on_front=True, attrs=CI_ATTRS),
-    TrialPoint(1, "COMPLETE", [0.70, 0.30], on_front=True, attrs={"leakage_chance": 0.5}),
+    TrialSummary(0, "COMPLETE", (0.80, 0.60), on_front=True, leakage_chance=0.5, above_chance=0.375,
+                 intervals={"utility": (0.74, 0.86), "leakage": (0.55, 0.66)}),
+    TrialSummary(1, "COMPLETE", (0.70, 0.30), on_front=True, leakage_chance=0.5),
 ]
 
 

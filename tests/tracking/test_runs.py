@@ -21,7 +21,8 @@ from aam_search.search.callbacks import (
 )
 from aam_search.search.pareto import pareto_front
 from aam_search.tracking.params import final_metrics, final_tags, flatten, study_params
-from aam_search.tracking.runs import PARENT_ATTR, StudyTracker
+from aam_search.search.record import PARENT_ATTR
+from aam_search.tracking.runs import StudyTracker
 from aam_search.tracking.store import experiment_name
 from tests.tracking.conftest import run_study, tiny_config, tracker_of
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from aam_search.features.config import (
     load_yaml_mapping,
 )
 from aam_search.redact import has_hidden_secret, redact
+from aam_search.search.objectives import kind_of
 from aam_search.trainer.config import OptimConfig
 
 # Where a worker (or ``promote``) finds a tracking URI that holds a password: the study keeps
@@ -33,7 +33,6 @@ TRACKING_URI_ENV = "AAM_TRACKING_URI"
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "grid")
 STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 STUDY_NAME_RULE = "starts with a letter or digit and holds only letters, digits, '_', '.' and '-'"
-OBJECTIVE_PATTERN = re.compile(r"^(utility|leakage|leakage:(static|clip)|task:[\w.-]+|params|combined)$")
 
 
 def default_workdir(name: str) -> Path:
@@ -109,11 +108,7 @@ class StudyConfig(BaseModel):
     @classmethod
     def _known_objectives(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not OBJECTIVE_PATTERN.match(name):
-                raise ValueError(
-                    f"unknown objective {name!r}; use utility, leakage, leakage:static, leakage:clip, "
-                    "task:<name>, params or combined"
-                )
+            kind_of(name)  # UnknownObjective (a ValueError) names it and lists the known ones
         if len(set(value)) != len(value):
             raise ValueError("objectives repeat")
         return value

@@ -18,23 +18,12 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from aam_search.search import optuna_access as private
-from aam_search.search.study import REASON, slot_of
+from aam_search.search.record import slot_of
 
 logger = logging.getLogger(__name__)
 
-# What a trial failed by the stale-heartbeat check is told (Optuna sets no reason of its own).
-STALE_REASON = "worker stopped beating (stale heartbeat)"
 # System attribute of a trial re-queued by Optuna's RetryHeartbeatStaleTrialCallback.
 RETRY_HISTORY = "retry_history"
-
-
-def failure_reason(trial: FrozenTrial) -> str:
-    """Why a FAIL trial failed: the reason we recorded, or the stale-heartbeat check's.
-
-    Every failure the orchestrator tells carries :data:`~aam_search.search.study.REASON`;
-    a trial failed without one was failed by a stale-heartbeat check, which records none.
-    """
-    return str(trial.user_attrs.get(REASON) or STALE_REASON)
 
 
 class HeartbeatThread:

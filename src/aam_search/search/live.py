@@ -21,23 +21,24 @@ from aam_search.search.callbacks import (
     TrialStarted,
     TunerCallback,
 )
-from aam_search.search.pareto import pareto_front
-from aam_search.search.shown import ABOVE_CHANCE, interval, with_interval
+from aam_search.search.pareto import front_summaries
+from aam_search.search.record import ABOVE_CHANCE
+from aam_search.search.shown import percent, with_interval
+from aam_search.trainer.reporter import finite_number
 
 
 def front_table(trials: list, objectives: list[str], title: str = "Pareto front") -> Table:
     table = Table(title=title)
     for column in ("trial", *objectives, "leak red.", "above chance", "util drop", "params"):
         table.add_column(column, justify="right" if column != "params" else "left")
-    for trial in pareto_front(trials, objectives):
-        attrs = trial.user_attrs
+    for trial in front_summaries(trials, objectives):
         shown_params = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(trial.params.items()))
         table.add_row(
             str(trial.number),
-            *(with_interval(v, interval(attrs, name)) for name, v in zip(objectives, trial.values, strict=False)),
-            _percent(attrs.get("leakage_reduction")),
-            _percent(attrs.get(ABOVE_CHANCE)),
-            _percent(attrs.get("utility_drop")),
+            *(with_interval(v, trial.interval(name)) for name, v in zip(objectives, trial.values, strict=False)),
+            percent(trial.leakage_reduction),
+            percent(trial.above_chance),
+            percent(trial.utility_drop),
             shown_params,
         )
     return table
@@ -47,10 +48,6 @@ def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _percent(value: Any) -> str:
-    return f"{100 * value:+.1f}%" if isinstance(value, (int, float)) else "-"
 
 
 class StudyView(TunerCallback):
@@ -105,8 +102,8 @@ class StudyView(TunerCallback):
         self.counts["completed"] += 1
         self.hypervolume = event.hypervolume
         result = event.result
-        removed = result.get(ABOVE_CHANCE)
-        removed = f", above-chance leakage removed {_percent(removed)}" if removed is not None else ""
+        removed = finite_number(result.get(ABOVE_CHANCE))
+        removed = f", above-chance leakage removed {percent(removed)}" if removed is not None else ""
         self.log(f"trial {event.number} completed: utility {result['utility']:.3f}, leakage "
                  f"{result['leakage']:.3f}{removed}, hypervolume {self.hypervolume:.4f}")
         self._refresh()

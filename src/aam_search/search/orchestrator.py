@@ -42,16 +42,15 @@ from aam_search.search.callbacks import (
     TunerCallback,
 )
 from aam_search.search.config import StudyConfig
-from aam_search.search.heartbeat import STALE_REASON, HeartbeatThread, fail_stale_trials, rerun_queued
+from aam_search.search.heartbeat import HeartbeatThread, fail_stale_trials, rerun_queued
 from aam_search.search.inputs import input_problem
+from aam_search.search.objectives import baseline_values
 from aam_search.search.pareto import hypervolume, pareto_front, reference_point
-from aam_search.search.record import BASELINE_ATTR, CONFIG_ATTR, HYPERVOLUME_ATTR, hypervolume_history
+from aam_search.search.record import (STALE_REASON, append_hypervolume, attempt_of, hypervolume_history, rerun_attrs,
+                                      write_launch, write_reason, write_study)
 from aam_search.search.recovery import check_result, keep_result
 from aam_search.search.storage import StorageError
 from aam_search.search.study import (
-    ATTEMPT,
-    REASON,
-    SLOT,
     admit,
     counted,
     enqueue_start_points,
@@ -61,7 +60,7 @@ from aam_search.search.study import (
     waiting_trials,
 )
 from aam_search.spaces import SearchSpace, merge_overrides, resolve_space
-from aam_search.trainer.baseline import raw_baseline, worst_case
+from aam_search.trainer.baseline import raw_baseline
 from aam_search.trainer.config import TrialConfig, parse_trial_config
 from aam_search.trainer.label_needs import activates, check_attr_labels, objectives_needing_labels
 
@@ -113,8 +112,7 @@ class Orchestrator:
         self.study = open_study(config, grid=self.space.grid(), create=not self.worker)
         self.beats = HeartbeatThread(private.storage_of(self.study), config.heartbeat_interval_s)
         if not self.worker:
-            self.study.set_user_attr(CONFIG_ATTR, config.record())  # no secrets: see StudyConfig.record
-            self.study.set_user_attr(BASELINE_ATTR, self.baseline)
+            write_study(self.study, config.record(), self.baseline)  # no secrets: see StudyConfig.record
             enqueue_start_points(self.study, config, set(self.space.distributions()))
         gpus = detect_gpus()
         self.devices = DevicePool(gpus=gpus, gpus_per_trial=config.gpus_per_trial,
@@ -147,15 +145,7 @@ class Orchestrator:
 
     def _baseline_values(self, baseline: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
         """Raw-feature values of every objective, and their chance levels."""
-        values = {name: tasks["top1"] for name, tasks in baseline["tasks"].items() if name != "action"}
-        chance = {name: tasks["chance"] for name, tasks in baseline["tasks"].items() if name != "action"}
-        main = baseline["tasks"].get("action") or next(iter(baseline["tasks"].values()))
-        values["utility"], chance["utility"] = main["top1"], main["chance"]
-        for protocol, leak in baseline["privacy"].items():
-            values[f"leakage:{protocol}"], chance[f"leakage:{protocol}"] = leak["cmap"], leak["chance"]
-        # As in each trial's result (trainer.baseline.summarize): the worst case over protocols.
-        _, values["leakage"], chance["leakage"] = worst_case(baseline["privacy"])
-        return values, chance
+        return baseline_values(baseline)
 
     def _trial_config(self, params: dict[str, Any]) -> TrialConfig:
         base = {**self.config.trial, "cache": str(self.cache.path)}
@@ -263,8 +253,7 @@ class Orchestrator:
             return
         self.running[trial.number] = (running, trial)
         self.beats.add(private.trial_id(trial))
-        trial.set_user_attr("out_dir", str(out_dir))
-        trial.set_user_attr("devices", ",".join(map(str, slot.gpus)) or "cpu")
+        write_launch(trial, out_dir, slot.gpus)
         self._emit(TrialStarted(number=trial.number, params=params, out_dir=out_dir, devices=tuple(slot.gpus)))
 
     def _poll(self) -> None:
@@ -324,23 +313,17 @@ class Orchestrator:
         trials = self.study.get_trials(deepcopy=False)
         done = sum(t.state == TrialState.COMPLETE for t in trials)
         volume = hypervolume(trials, self.config.objectives, self.reference)
-        history = hypervolume_history(self.study)
-        self.study.set_user_attr(HYPERVOLUME_ATTR, [*history, [done, volume]])
+        append_hypervolume(self.study, done, volume)
         self._emit(TrialCompleted(number=number, values=tuple(values), result=result, hypervolume=volume))
 
     def _fail(self, trial: optuna.Trial, reason: str, *, retry: bool, counts_as_attempt: bool = True) -> bool:
         """Tell Optuna the trial failed; queue a re-run when ``retry`` and retries are left.
         Returns whether a re-run was queued (what :class:`TrialFailed`'s ``retried`` says)."""
         frozen = private.frozen(self.study, trial)
-        attempt = int(frozen.user_attrs.get(ATTEMPT, 0))
-        trial.set_user_attr(REASON, reason[:2000])
-        rerun = retry and (not counts_as_attempt or attempt < self.config.max_retries)
+        write_reason(trial, reason)
+        rerun = retry and (not counts_as_attempt or attempt_of(frozen) < self.config.max_retries)
         if rerun:
-            self.study.enqueue_trial(
-                frozen.params,
-                user_attrs={SLOT: frozen.user_attrs.get(SLOT, trial.number),
-                            ATTEMPT: attempt + (1 if counts_as_attempt else 0)},
-            )
+            self.study.enqueue_trial(frozen.params, user_attrs=rerun_attrs(frozen, counts_as_attempt=counts_as_attempt))
         self.study.tell(trial, state=TrialState.FAIL)
         self._emit(TrialFailed(number=trial.number, reason=reason, retried=rerun))
         return rerun

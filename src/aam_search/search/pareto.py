@@ -1,53 +1,21 @@
-"""Objective values from a trial's result, the Pareto front and its hypervolume."""
+"""The Pareto front of a study, its hypervolume, and the trials summarized against it."""
 
 from __future__ import annotations
-
-import math
-from typing import Any
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
-from aam_search.errors import AamSearchError
 from aam_search.search import optuna_access as private
-from aam_search.search.study import DISCARDED, objective_direction
-
-
-class ObjectiveError(AamSearchError, KeyError):
-    """A result.json that lacks a value an objective needs."""
-
-
-def objective_value(name: str, result: dict[str, Any]) -> float:
-    """Read one objective from a trial's result.json."""
-    try:
-        if name == "utility":
-            value = result["utility"]
-        elif name == "leakage":
-            value = result["leakage"]
-        elif name.startswith("leakage:"):
-            value = result["measured"]["privacy"][name.split(":", 1)[1]]["cmap"]
-        elif name.startswith("task:"):
-            value = result["measured"]["tasks"][name]["top1"]
-        elif name == "params":
-            value = result["adapter_parameters"]
-        elif name == "combined":
-            value = result["combined_score"]
-        else:
-            raise KeyError(name)
-    except KeyError as missing:
-        raise ObjectiveError(f"result has no value for objective {name!r} (missing {missing})") from None
-    value = float(value)
-    if not math.isfinite(value):
-        raise ObjectiveError(f"objective {name!r} is {value}")
-    return value
+from aam_search.search.objectives import direction, reference_value
+from aam_search.search.record import TrialSummary, feasible, is_discarded, trial_summary
 
 
 def completed(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    return [t for t in trials if t.state == TrialState.COMPLETE and DISCARDED not in t.user_attrs]
+    return [t for t in trials if t.state == TrialState.COMPLETE and not is_discarded(t)]
 
 
 def _as_minimization(values: np.ndarray, objectives: list[str]) -> np.ndarray:
-    signs = np.array([1.0 if objective_direction(n) == "minimize" else -1.0 for n in objectives])
+    signs = np.array([1.0 if direction(n) == "minimize" else -1.0 for n in objectives])
     return values * signs
 
 
@@ -61,11 +29,6 @@ def pareto_mask(values: np.ndarray, objectives: list[str]) -> np.ndarray:
     return mask
 
 
-def feasible(trial: FrozenTrial) -> bool:
-    """Optuna 5 constraints (set with ``trial.set_constraint``): feasible when all <= 0."""
-    return all(value <= 0 for value in trial.constraints.values())
-
-
 def pareto_front(trials: list[FrozenTrial], objectives: list[str]) -> list[FrozenTrial]:
     """Completed, feasible, non-dominated trials, best first by the first objective."""
     candidates = [t for t in completed(trials) if feasible(t)]
@@ -73,24 +36,13 @@ def pareto_front(trials: list[FrozenTrial], objectives: list[str]) -> list[Froze
         return []
     values = np.array([t.values for t in candidates], dtype=float)
     front = [t for t, keep in zip(candidates, pareto_mask(values, objectives), strict=True) if keep]
-    first = objective_direction(objectives[0]) == "maximize"
+    first = direction(objectives[0]) == "maximize"
     return sorted(front, key=lambda t: t.values[0], reverse=first)
 
 
 def reference_point(objectives: list[str], baseline: dict[str, float]) -> np.ndarray:
-    """Derived from the raw baseline: a trial must keep half the raw utility and leak less
-    than raw features to add hypervolume. Other objectives use generous bounds."""
-    point = []
-    for name in objectives:
-        if name == "utility" or name.startswith("task:"):
-            point.append(0.5 * baseline.get(name, baseline.get("utility", 1.0)))
-        elif name.startswith("leakage"):
-            point.append(baseline.get(name, baseline.get("leakage", 1.0)))
-        elif name == "params":
-            point.append(baseline.get("params", 1e9))
-        else:  # combined score
-            point.append(0.0)
-    return np.array(point, dtype=float)
+    """The hypervolume's reference point, from the raw baseline (see the objectives table)."""
+    return np.array([reference_value(name, baseline) for name in objectives], dtype=float)
 
 
 def hypervolume(trials: list[FrozenTrial], objectives: list[str], reference: np.ndarray) -> float:
@@ -103,3 +55,15 @@ def hypervolume(trials: list[FrozenTrial], objectives: list[str], reference: np.
     if len(inside) == 0:
         return 0.0
     return private.compute_hypervolume(inside, ref)
+
+
+
+def summarize_trials(trials: list[FrozenTrial], objectives: list[str]) -> list[TrialSummary]:
+    """The study's trials (less the discarded ones) as summaries, marked on the front."""
+    front = {t.number for t in pareto_front(trials, objectives)}
+    return [trial_summary(t, objectives, on_front=t.number in front) for t in trials if not is_discarded(t)]
+
+
+def front_summaries(trials: list[FrozenTrial], objectives: list[str]) -> list[TrialSummary]:
+    """The Pareto front as summaries, best first by the first objective."""
+    return [trial_summary(t, objectives, on_front=True) for t in pareto_front(trials, objectives)]

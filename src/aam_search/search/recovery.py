@@ -23,13 +23,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from aam_search.search import optuna_access as private
 from aam_search.search.heartbeat import RETRY_HISTORY
-from aam_search.search.pareto import objective_value
-from aam_search.search.shown import result_attrs
-from aam_search.search.study import ATTEMPT, SLOT, slot_of
+from aam_search.search.objectives import objective_value
+from aam_search.search.record import (RECOVERED_FROM, recovered_from, rerun_attrs, completed_attrs, slot_of, where_it_ran,
+                                      write_recovered)
 from aam_search.trainer.reporter import finite_number
-
-RECOVERED_FROM = "aam:recovered_from"  # trial attr: the trial whose run measured these values
-RECOVERED_PREFIX = "aam:recovered:"  # study attr per trial whose result could go nowhere else
 
 
 @dataclass
@@ -65,9 +62,7 @@ def check_result(result: dict[str, Any], objectives: list[str], max_utility_drop
             return (f"cannot check max_utility_drop: utility_drop is {result.get('utility_drop')!r} "
                     f"(raw utility {result.get('raw_utility')!r})")
         constraints["max_utility_drop"] = drop - max_utility_drop
-    attrs = result_attrs(result)
-    attrs["seconds"] = result.get("timings", {}).get("total_s")
-    return Verdict(values, attrs, constraints)
+    return Verdict(values, completed_attrs(result), constraints)
 
 
 def _is_rerun(candidate: FrozenTrial, original: FrozenTrial) -> bool:
@@ -80,10 +75,7 @@ def keep_result(study: optuna.Study, original: FrozenTrial, verdict: Verdict) ->
     """Keep the result of ``original`` (a trial failed meanwhile): returns the number of the
     trial now COMPLETE with it (None when it went to a study attribute) and where it went."""
     storage = private.storage_of(study)
-    attrs = {**verdict.attrs, RECOVERED_FROM: original.number}
-    for out in ("out_dir", "devices"):
-        if out in original.user_attrs:
-            attrs[out] = original.user_attrs[out]
+    attrs = {**verdict.attrs, RECOVERED_FROM: original.number, **where_it_ran(original)}
     for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         if not _is_rerun(waiting, original) or (original.params and not waiting.params):
             continue
@@ -96,14 +88,14 @@ def keep_result(study: optuna.Study, original: FrozenTrial, verdict: Verdict) ->
         frozen = optuna.trial.create_trial(
             state=TrialState.COMPLETE, params=original.params, distributions=original.distributions,
             values=verdict.values,
-            user_attrs={SLOT: slot_of(original), ATTEMPT: original.user_attrs.get(ATTEMPT, 0), **attrs},
+            user_attrs={**rerun_attrs(original, counts_as_attempt=False), **attrs},
         )
         for key, value in verdict.constraints.items():
             frozen.set_constraint(key, value)
         study.add_trial(frozen)
         number = next(t.number for t in reversed(study.get_trials(deepcopy=False))
-                      if t.user_attrs.get(RECOVERED_FROM) == original.number)
+                      if recovered_from(t) == original.number)
         return number, f"added to the study as trial {number}"
-    key = f"{RECOVERED_PREFIX}{original.number}"
-    study.set_user_attr(key, {"values": verdict.values, "constraints": verdict.constraints, **attrs})
+    kept = {"values": verdict.values, "constraints": verdict.constraints, **attrs}
+    key = write_recovered(study, original.number, kept)
     return None, f"kept in the study attribute {key!r} (its re-run, trial {others[0].number}, holds the slot)"

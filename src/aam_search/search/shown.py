@@ -1,6 +1,6 @@
-"""What a completed trial shows beside its objective values: above-chance removal and the
-bootstrap intervals, as Optuna user attributes and as text or row fields for the live view,
-``aam-search front`` and the plots.
+"""What a trial shows beside its objective values, as text and as table rows: above-chance
+removal and the bootstrap intervals, for the live view, ``aam-search front`` and the
+parent run's ``trials.csv``. The values come from :class:`~aam_search.search.record.TrialSummary`.
 
 Above-chance removal is (raw cMAP - adapted cMAP) / (raw cMAP - chance): cMAP cannot fall below
 chance, so the relative reduction alone understates what was removed.
@@ -8,51 +8,10 @@ chance, so the relative reduction alone understates what was removed.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-# result.json keys copied onto the trial as user attributes (the first six were there before).
-RESULT_ATTRS = ("utility", "leakage", "leakage_chance", "leakage_reduction", "utility_drop", "combined_score")
-NEW_RESULT_ATTRS = ("leakage_reduction_above_chance", "leakage_above_chance_removed", "ci", "ci_note")
-CHANCE_BY_PROTOCOL = "leakage_chance_by_protocol"
-ABOVE_CHANCE = "leakage_reduction_above_chance"
-REMOVED = "leakage_above_chance_removed"
-
-
-def result_attrs(result: dict[str, Any]) -> dict[str, Any]:
-    """The user attributes of a completed trial, read from its result.json."""
-    attrs = {key: result.get(key) for key in RESULT_ATTRS}
-    attrs.update({key: result[key] for key in NEW_RESULT_ATTRS if result.get(key) is not None})
-    privacy = (result.get("measured") or {}).get("privacy") or {}
-    chance = {name: leak.get("chance") for name, leak in privacy.items() if isinstance(leak, dict)}
-    if chance:
-        attrs[CHANCE_BY_PROTOCOL] = chance
-    return attrs
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def interval(attrs: dict[str, Any], name: str) -> tuple[float, float] | None:
-    """The bootstrap interval of objective ``name`` (``utility``, ``leakage:static``...), or None."""
-    bounds = (attrs.get("ci") or {}).get(name) if isinstance(attrs.get("ci"), dict) else None
-    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
-        return None
-    low, high = _number(bounds[0]), _number(bounds[1])
-    return (low, high) if low is not None and high is not None else None
-
-
-def chance_of(attrs: dict[str, Any], objective: str) -> float | None:
-    """The chance level of a leakage objective (``leakage`` is the raw worst protocol's)."""
-    if objective == "leakage":
-        return _number(attrs.get("leakage_chance"))
-    if objective.startswith("leakage:"):
-        return _number((attrs.get(CHANCE_BY_PROTOCOL) or {}).get(objective.split(":", 1)[1]))
-    return None
+from aam_search.search.record import ABOVE_CHANCE, TrialSummary
 
 
 def with_interval(value: Any, bounds: tuple[float, float] | None) -> str:
@@ -61,15 +20,39 @@ def with_interval(value: Any, bounds: tuple[float, float] | None) -> str:
     return f"{text} [{bounds[0]:.3g}, {bounds[1]:.3g}]" if bounds else text
 
 
-def row_fields(attrs: dict[str, Any], objectives: Sequence[str]) -> dict[str, Any]:
+def percent(value: float | None) -> str:
+    """``+12.5%``; ``-`` for no value."""
+    return "-" if value is None else f"{100 * value:+.1f}%"
+
+
+def row_fields(summary: TrialSummary, objectives: Sequence[str]) -> dict[str, Any]:
     """Fields for a front row: above-chance removal (worst and per protocol), each objective's
     interval as ``<objective>_ci_low`` / ``_ci_high`` (None without one) and ``ci_note``."""
-    row: dict[str, Any] = {ABOVE_CHANCE: attrs.get(ABOVE_CHANCE)}
-    for protocol, value in (attrs.get(REMOVED) or {}).items():
+    row: dict[str, Any] = {ABOVE_CHANCE: summary.above_chance}
+    for protocol, value in summary.above_chance_removed.items():
         if protocol != "worst":
             row[f"above_chance_removed:{protocol}"] = value
     for name in dict.fromkeys(("utility", "leakage", *objectives)):
-        bounds = interval(attrs, name)
+        bounds = summary.interval(name)
         row[f"{name}_ci_low"], row[f"{name}_ci_high"] = bounds if bounds else (None, None)
-    row["ci_note"] = attrs.get("ci_note")
+    row["ci_note"] = summary.ci_note
     return row
+
+
+def trial_rows(summaries: Sequence[TrialSummary], objectives: Sequence[str],
+               run_ids: Mapping[int, str] | None = None) -> list[dict[str, Any]]:
+    """One row per trial (``aam-search front --format json|csv``, the parent run's trials.csv);
+    ``run_ids``: the trials' MLflow runs, as the column ``mlflow_run_id``."""
+    rows = []
+    for summary in summaries:
+        row: dict[str, Any] = {"trial": summary.number, "state": summary.state, "pareto": summary.on_front,
+                               "feasible": summary.feasible}
+        row.update(dict(zip(objectives, summary.values or [None] * len(objectives), strict=True)))
+        row.update(utility_drop=summary.utility_drop, leakage_reduction=summary.leakage_reduction,
+                   combined_score=summary.combined_score, slot=summary.slot, reason=summary.reason)
+        row.update(row_fields(summary, objectives))
+        if run_ids is not None:
+            row["mlflow_run_id"] = run_ids.get(summary.number)
+        row.update({f"param:{name}": value for name, value in sorted(summary.params.items())})
+        rows.append(row)
+    return rows

@@ -21,6 +21,8 @@ from aam_search.errors import AamSearchError
 from aam_search.redact import redact
 from aam_search.search import optuna_access as private
 from aam_search.search.config import StudyConfig
+from aam_search.search.objectives import direction
+from aam_search.search.record import has_slot, is_discarded, slot_of, write_discarded, write_slot
 from aam_search.search.storage import (
     OPTUNA,
     Database,
@@ -39,11 +41,6 @@ from aam_search.trainer.model import AdapterConfig
 # Optuna supports but flags as experimental; the warnings would only alarm users.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-
-SLOT = "aam:slot"
-ATTEMPT = "aam:attempt"
-DISCARDED = "aam:discarded"
-REASON = "aam:reason"
 
 def trainer_defaults() -> dict[str, Any]:
     """Dotted field -> what a trial runs with when the field is not set: the loss and
@@ -66,10 +63,6 @@ PAPER_FIELDS = (
 # Where the paper's point cannot be the default: HSIC off (0) cannot lie in a log range.
 PAPER_CHOICES = {"loss.w_hsic": 0.01}  # as good as off
 PAPER_DEFAULT = {name: PAPER_CHOICES.get(name, trainer_defaults()[name]) for name in PAPER_FIELDS}
-
-
-def objective_direction(name: str) -> str:
-    return "minimize" if name.startswith("leakage") or name == "params" else "maximize"
 
 
 def make_sampler(config: StudyConfig, grid: dict[str, list] | None) -> optuna.samplers.BaseSampler:
@@ -151,11 +144,11 @@ def open_study(config: StudyConfig, grid: dict[str, list] | None = None, *, crea
         study_name=config.name,
         storage=storage,
         sampler=sampler,
-        directions=[objective_direction(name) for name in config.objectives],
+        directions=[direction(name) for name in config.objectives],
         load_if_exists=True,
     )
     existing = study.directions
-    wanted = [optuna.study.StudyDirection.MINIMIZE if objective_direction(n) == "minimize"
+    wanted = [optuna.study.StudyDirection.MINIMIZE if direction(n) == "minimize"
               else optuna.study.StudyDirection.MAXIMIZE for n in config.objectives]
     names = study.metric_names
     if list(existing) != wanted or (names is not None and list(names) != list(config.objectives)):
@@ -168,20 +161,16 @@ def open_study(config: StudyConfig, grid: dict[str, list] | None = None, *, crea
     return study
 
 
-def slot_of(trial: FrozenTrial) -> int:
-    return int(trial.user_attrs.get(SLOT, trial.number))
-
-
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The study's trials less those discarded because the budget was reached."""
-    return [t for t in trials if DISCARDED not in t.user_attrs]
+    return [t for t in trials if not is_discarded(t)]
 
 
 def opened_slots(trials: list[FrozenTrial], below: int | None = None) -> set[int]:
     return {
         slot_of(t)
         for t in trials
-        if DISCARDED not in t.user_attrs and (below is None or t.number < below)
+        if not is_discarded(t) and (below is None or t.number < below)
     }
 
 
@@ -194,14 +183,14 @@ def study_finished(trials: list[FrozenTrial], budget: int) -> bool:
 def admit(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
     """Claim a slot for a freshly asked trial, or discard it when the budget is spent."""
     frozen = private.frozen(study, trial)
-    if SLOT in frozen.user_attrs:  # a retry: it re-uses its slot
+    if has_slot(frozen):  # a retry: it re-uses its slot
         return True
     trials = study.get_trials(deepcopy=False)
     if len(opened_slots(trials, below=trial.number)) >= budget:
-        trial.set_user_attr(DISCARDED, "budget reached")
+        write_discarded(trial)
         study.tell(trial, state=TrialState.FAIL)
         return False
-    trial.set_user_attr(SLOT, trial.number)
+    write_slot(trial, trial.number)
     return True
 
 

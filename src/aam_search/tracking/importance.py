@@ -20,7 +20,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from aam_search.search.study import objective_direction
+from aam_search.search.objectives import direction
 from aam_search.tracking.params import metric_key
 from aam_search.tracking.plots import figure_canvas, write_csv
 
@@ -73,7 +73,7 @@ def param_importances(trials: Sequence[FrozenTrial], objectives: Sequence[str], 
     params = varying_params(complete)
     if len(complete) < MIN_COMPLETE or len(params) < MIN_VARYING:
         return {}
-    study = optuna.create_study(directions=[objective_direction(name) for name in objectives])  # in memory
+    study = optuna.create_study(directions=[direction(name) for name in objectives])  # in memory
     study.add_trials(complete)
     result: dict[str, dict[str, float]] = {}
     for index, name in enumerate(objectives):

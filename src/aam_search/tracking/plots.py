@@ -13,26 +13,16 @@ import html
 import importlib.util
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from aam_search.search.shown import ABOVE_CHANCE, chance_of, interval
-from aam_search.search.study import objective_direction
+from aam_search.search.objectives import label
+from aam_search.search.record import TrialSummary
+from aam_search.search.shown import percent
 from aam_search.trainer.reporter import finite_number
 
-
-@dataclass
-class TrialPoint:
-    number: int
-    state: str
-    values: list[float] | None
-    feasible: bool = True
-    on_front: bool = False
-    params: dict[str, Any] = field(default_factory=dict)
-    attrs: dict[str, Any] = field(default_factory=dict)
-    run_id: str | None = None
+RunIds = Mapping[int, str]  # trial number -> its MLflow run, shown on hover
 
 
 def _axes(objectives: Sequence[str]) -> tuple[int, int]:
@@ -40,30 +30,25 @@ def _axes(objectives: Sequence[str]) -> tuple[int, int]:
     return (1, 0) if len(objectives) > 1 else (0, 0)
 
 
-def _label(name: str) -> str:
-    arrow = "lower is better" if objective_direction(name) == "minimize" else "higher is better"
-    return f"{name} ({arrow})"
+def _completed(points: Sequence[TrialSummary]) -> list[TrialSummary]:
+    return [p for p in points if p.complete and p.values]
 
 
-def _completed(points: Sequence[TrialPoint]) -> list[TrialPoint]:
-    return [p for p in points if p.state == "COMPLETE" and p.values]
-
-
-def chance_levels(points: Sequence[TrialPoint], objectives: Sequence[str]) -> dict[str, float]:
-    """Objective -> its chance level (leakage objectives only), from the trials' attributes."""
+def chance_levels(points: Sequence[TrialSummary], objectives: Sequence[str]) -> dict[str, float]:
+    """Objective -> its chance level (leakage objectives only), from the trials' records."""
     levels: dict[str, float] = {}
     for point in _completed(points):
         for name in objectives:
-            if name not in levels and (level := chance_of(point.attrs, name)) is not None:
+            if name not in levels and (level := point.chance(name)) is not None:
                 levels[name] = level
     return levels
 
 
-def _errors(group: Sequence[TrialPoint], name: str, index: int) -> list[list[float]] | None:
+def _errors(group: Sequence[TrialSummary], name: str, index: int) -> list[list[float]] | None:
     """[below, above] error-bar lengths of objective ``name`` from the intervals, or None without any."""
     below, above, any_interval = [], [], False
     for point in group:
-        bounds = interval(point.attrs, name)
+        bounds = point.interval(name)
         value = point.values[index]
         any_interval |= bounds is not None
         below.append(max(0.0, value - bounds[0]) if bounds else 0.0)
@@ -71,42 +56,34 @@ def _errors(group: Sequence[TrialPoint], name: str, index: int) -> list[list[flo
     return [below, above] if any_interval else None
 
 
-def _front_line(front: list[TrialPoint], xi: int, yi: int) -> list[tuple[float, float]]:
+def _front_line(front: list[TrialSummary], xi: int, yi: int) -> list[tuple[float, float]]:
     return sorted(((p.values[xi], p.values[yi]) for p in front), key=lambda xy: xy[0])
 
 
-def _hover(point: TrialPoint, objectives: Sequence[str]) -> str:
+# The relative changes a point shows beside its values: hover names, table heads.
+SHARES = (("utility_drop", "utility drop"), ("leakage_reduction", "leakage reduction"),
+          ("above-chance leakage removed", "above-chance removed"))
+
+
+def _shares(point: TrialSummary) -> tuple[float | None, ...]:
+    return point.utility_drop, point.leakage_reduction, point.above_chance
+
+
+def _hover(point: TrialSummary, objectives: Sequence[str], run_id: str | None = None) -> str:
     lines = [f"trial {point.number}" + (" (Pareto front)" if point.on_front else "")
              + ("" if point.feasible else " (infeasible)")]
     for name, value in zip(objectives, point.values or [], strict=False):
-        bounds = interval(point.attrs, name)
+        bounds = point.interval(name)
         lines.append(f"{name}: {value:.4g}" + (f" [{bounds[0]:.3g}, {bounds[1]:.3g}]" if bounds else ""))
-    for key in ("utility_drop", "leakage_reduction", ABOVE_CHANCE):
-        value = finite_number(point.attrs.get(key))
-        if value is not None:
-            lines.append(f"{'above-chance leakage removed' if key == ABOVE_CHANCE else key}: {100 * value:+.1f}%")
+    lines += [f"{what}: {percent(share)}" for (what, _), share in zip(SHARES, _shares(point), strict=True)
+              if share is not None]
     lines += [f"{name} = {value}" for name, value in sorted(point.params.items())]
-    if point.run_id:
-        lines.append(f"MLflow run {point.run_id}")
+    if run_id:
+        lines.append(f"MLflow run {run_id}")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- tables
-def trial_rows(points: Sequence[TrialPoint], objectives: Sequence[str]) -> list[dict[str, Any]]:
-    rows = []
-    for point in points:
-        row: dict[str, Any] = {"trial": point.number, "state": point.state, "pareto": point.on_front,
-                               "feasible": point.feasible}
-        values = point.values or [None] * len(objectives)
-        row.update(dict(zip(objectives, values, strict=True)))
-        for key in ("utility_drop", "leakage_reduction", ABOVE_CHANCE, "combined_score", "aam:slot", "aam:reason"):
-            row[key.removeprefix("aam:")] = point.attrs.get(key)
-        row["mlflow_run_id"] = point.run_id
-        row.update({f"param:{name}": value for name, value in sorted(point.params.items())})
-        rows.append(row)
-    return rows
-
-
 def write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str] | None = None) -> Path:
     if columns is None:
         columns = []
@@ -129,13 +106,13 @@ def figure_canvas(width: float = 7.0, height: float = 4.8):
     return figure
 
 
-def pareto_png(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: dict[str, float],
+def pareto_png(points: Sequence[TrialSummary], objectives: Sequence[str], baseline: dict[str, float],
                path: Path, title: str) -> Path:
     pareto_figure(points, objectives, baseline, title).savefig(path)
     return path
 
 
-def pareto_figure(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: dict[str, float], title: str):
+def pareto_figure(points: Sequence[TrialSummary], objectives: Sequence[str], baseline: dict[str, float], title: str):
     """The front as a matplotlib figure: points with their intervals, the raw point, the chance level."""
     xi, yi = _axes(objectives)
     figure = figure_canvas()
@@ -170,8 +147,8 @@ def pareto_figure(points: Sequence[TrialPoint], objectives: Sequence[str], basel
     raw = (finite_number(baseline.get(objectives[xi])), finite_number(baseline.get(objectives[yi])))
     if raw[0] is not None and raw[1] is not None:
         axes.scatter([raw[0]], [raw[1]], marker="*", c="black", s=120, zorder=4, label="raw features")
-    axes.set_xlabel(_label(objectives[xi]))
-    axes.set_ylabel(_label(objectives[yi]))
+    axes.set_xlabel(label(objectives[xi]))
+    axes.set_ylabel(label(objectives[yi]))
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
     if done or raw[0] is not None:
@@ -200,18 +177,18 @@ def hypervolume_csv(history: Sequence[Sequence[float]], path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- interactive HTML
-def pareto_html(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: dict[str, float],
-                path: Path, title: str) -> Path:
+def pareto_html(points: Sequence[TrialSummary], objectives: Sequence[str], baseline: dict[str, float],
+                path: Path, title: str, run_ids: RunIds | None = None) -> Path:
     if importlib.util.find_spec("plotly") is not None:
         try:
-            return _plotly_html(points, objectives, baseline, path, title)
+            return _plotly_html(points, objectives, baseline, path, title, run_ids or {})
         except Exception:  # an odd plotly install: the built-in page still works
             pass
-    path.write_text(svg_page(points, objectives, baseline, title))
+    path.write_text(svg_page(points, objectives, baseline, title, run_ids))
     return path
 
 
-def _plotly_html(points, objectives, baseline, path: Path, title: str) -> Path:
+def _plotly_html(points, objectives, baseline, path: Path, title: str, run_ids: RunIds) -> Path:
     import plotly.graph_objects as go
 
     xi, yi = _axes(objectives)
@@ -228,7 +205,8 @@ def _plotly_html(points, objectives, baseline, path: Path, title: str) -> Path:
                 mode="lines+markers" if name == "Pareto front" else "markers",
                 line={"shape": "hv", "width": 1}, marker={"color": colour, "symbol": symbol, "size": 9},
                 error_x=_plotly_errors(group, objectives[xi], xi), error_y=_plotly_errors(group, objectives[yi], yi),
-                text=[_hover(p, objectives).replace("\n", "<br>") for p in group], hoverinfo="text"))
+                text=[_hover(p, objectives, run_ids.get(p.number)).replace("\n", "<br>") for p in group],
+                hoverinfo="text"))
     raw = (finite_number(baseline.get(objectives[xi])), finite_number(baseline.get(objectives[yi])))
     if raw[0] is not None and raw[1] is not None:
         figure.add_trace(go.Scatter(x=[raw[0]], y=[raw[1]], name="raw features", mode="markers",
@@ -238,13 +216,13 @@ def _plotly_html(points, objectives, baseline, path: Path, title: str) -> Path:
         figure.add_vline(x=levels[objectives[xi]], line_dash="dash", annotation_text="chance")
     if yi != xi and objectives[yi] in levels:
         figure.add_hline(y=levels[objectives[yi]], line_dash="dash", annotation_text="chance")
-    figure.update_layout(title=title, xaxis_title=_label(objectives[xi]), yaxis_title=_label(objectives[yi]),
+    figure.update_layout(title=title, xaxis_title=label(objectives[xi]), yaxis_title=label(objectives[yi]),
                          template="plotly_white")
     figure.write_html(str(path), include_plotlyjs=True, full_html=True)
     return path
 
 
-def _plotly_errors(group: Sequence[TrialPoint], name: str, index: int) -> dict[str, Any] | None:
+def _plotly_errors(group: Sequence[TrialSummary], name: str, index: int) -> dict[str, Any] | None:
     errors = _errors(group, name, index)
     return None if errors is None else {"type": "data", "symmetric": False, "arrayminus": errors[0],
                                         "array": errors[1], "thickness": 1}
@@ -261,9 +239,10 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
-def svg_page(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: dict[str, float],
-             title: str) -> str:
+def svg_page(points: Sequence[TrialSummary], objectives: Sequence[str], baseline: dict[str, float],
+             title: str, run_ids: RunIds | None = None) -> str:
     """A self-contained HTML page: an SVG scatter with hover details, and the front's table."""
+    run_ids = run_ids or {}
     xi, yi = _axes(objectives)
     width, height, left, right, top, bottom = 760, 480, 70, 20, 40, 55
     done = _completed(points)
@@ -303,9 +282,9 @@ def svg_page(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: 
         parts.append(f'<text x="{left - 6}" y="{sy(tick) + 4:.1f}" text-anchor="end" font-size="11">'
                      f'{tick:.3g}</text>')
     parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" text-anchor="middle" '
-                 f'font-size="12">{html.escape(_label(objectives[xi]))}</text>')
+                 f'font-size="12">{html.escape(label(objectives[xi]))}</text>')
     parts.append(f'<text transform="translate(16 {(top + height - bottom) / 2}) rotate(-90)" '
-                 f'text-anchor="middle" font-size="12">{html.escape(_label(objectives[yi]))}</text>')
+                 f'text-anchor="middle" font-size="12">{html.escape(label(objectives[yi]))}</text>')
     front = [p for p in done if p.on_front]
     for level, vertical in ((chance_x, True), (chance_y, False)):
         if level is not None:
@@ -315,10 +294,10 @@ def svg_page(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: 
                          f'<line {ends} stroke="#5f6368" stroke-dasharray="5,4"/></g>')
     for point in done:  # error bars from the bootstrap intervals
         px, py = sx(point.values[xi]), sy(point.values[yi])
-        if (bounds := interval(point.attrs, objectives[xi])) is not None:
+        if (bounds := point.interval(objectives[xi])) is not None:
             parts.append(f'<line class="ci" x1="{sx(bounds[0]):.1f}" y1="{py:.1f}" x2="{sx(bounds[1]):.1f}" '
                          f'y2="{py:.1f}" stroke="#9aa0a6"/>')
-        if yi != xi and (bounds := interval(point.attrs, objectives[yi])) is not None:
+        if yi != xi and (bounds := point.interval(objectives[yi])) is not None:
             parts.append(f'<line class="ci" x1="{px:.1f}" y1="{sy(bounds[0]):.1f}" x2="{px:.1f}" '
                          f'y2="{sy(bounds[1]):.1f}" stroke="#9aa0a6"/>')
     if front:
@@ -329,16 +308,16 @@ def svg_page(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: 
         parts.append(f'<polyline points="{" ".join(steps)}" fill="none" stroke="#d93025" stroke-opacity="0.6"/>')
     for point in sorted(done, key=lambda p: p.on_front):  # the front drawn last, on top
         x, y = sx(point.values[xi]), sy(point.values[yi])
-        tip = html.escape(_hover(point, objectives))
+        tip = html.escape(_hover(point, objectives, run_ids.get(point.number)))
         if not point.feasible:
             shape = (f'<path d="M{x - 4:.1f},{y - 4:.1f} L{x + 4:.1f},{y + 4:.1f} M{x - 4:.1f},{y + 4:.1f} '
                      f'L{x + 4:.1f},{y - 4:.1f}" stroke="#9aa0a6" stroke-width="2"/>')
         else:
             colour, radius = ("#d93025", 6) if point.on_front else ("#9aa0a6", 4.5)
             shape = f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius}" fill="{colour}"/>'
-        label = (f'<text x="{x + 7:.1f}" y="{y - 6:.1f}" font-size="10">{point.number}</text>'
-                 if point.on_front else "")
-        parts.append(f'<g class="point" data-trial="{point.number}"><title>{tip}</title>{shape}{label}</g>')
+        tag = (f'<text x="{x + 7:.1f}" y="{y - 6:.1f}" font-size="10">{point.number}</text>'
+               if point.on_front else "")
+        parts.append(f'<g class="point" data-trial="{point.number}"><title>{tip}</title>{shape}{tag}</g>')
     if raw[0] is not None and raw[1] is not None:
         x, y = sx(raw[0]), sy(raw[1])
         star = " ".join(
@@ -348,13 +327,10 @@ def svg_page(points: Sequence[TrialPoint], objectives: Sequence[str], baseline: 
                      f'{html.escape(objectives[yi])}: {raw[1]:.4g}</title><polygon points="{star}" fill="black"/></g>')
     parts.append("</svg>")
 
-    head = ["trial", *objectives, "utility drop", "leakage reduction", "above-chance removed", "parameters"]
+    head = ["trial", *objectives, *(name for _, name in SHARES), "parameters"]
     rows = []
     for point in sorted(front, key=lambda p: p.values[xi]):
-        cells = [str(point.number), *(f"{v:.4g}" for v in point.values)]
-        for key in ("utility_drop", "leakage_reduction", ABOVE_CHANCE):
-            value = finite_number(point.attrs.get(key))
-            cells.append("-" if value is None else f"{100 * value:+.1f}%")
+        cells = [str(point.number), *(f"{v:.4g}" for v in point.values), *map(percent, _shares(point))]
         cells.append(", ".join(f"{k}={v}" for k, v in sorted(point.params.items())))
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     counts = {state: sum(p.state == state for p in points) for state in ("COMPLETE", "FAIL", "RUNNING")}

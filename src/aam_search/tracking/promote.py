@@ -1,26 +1,17 @@
 """Promotion: pick a trial, re-evaluate it on the held-out test split, register its adapter.
 
-Rules (exactly one applies):
-
-- ``trial=N``: that trial; it must have completed.
-- ``max_utility_drop=X`` (the default, 0.01): among completed trials whose validation
-  utility dropped at most X (relative to raw features), the one that leaks least; ties go
-  to higher utility, then to the earlier trial. A trial whose drop is undefined (raw
-  utility 0) never qualifies.
-- ``knee=True``: the Pareto-front trial closest to the front's ideal corner (the best value
-  of each objective), each objective divided by its raw-feature value.
-
-The chosen adapter is evaluated on the test split with freshly trained attackers and
-probes; the ``test_*`` metrics go on the trial's MLflow run; the adapter is logged there
-as a pyfunc model and registered as a new version of ``aam-<study>`` with the alias
-(``champion`` by default) moved onto it. Earlier versions stay. Every check runs before
-anything is written, so a failed promotion leaves the registry as it was.
+The rules that pick the trial are in :mod:`aam_search.search.selection` (``trial=N``,
+``max_utility_drop=X``, the default, or ``knee``); the test-split evaluation is
+:mod:`aam_search.trainer.heldout_eval`. This module finds the trial's files, writes the
+``test_*`` metrics on the trial's MLflow run, logs the adapter there as a pyfunc model and
+registers it as a new version of ``aam-<study>`` with the alias (``champion`` by default)
+moved onto it. Earlier versions stay. Every check runs before anything is written, so a
+failed promotion leaves the registry as it was.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,10 +21,10 @@ from typing import Any
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from aam_search.search.pareto import completed, pareto_front
 from aam_search.protocol import ADAPTER_FILE, CONFIG_FILE
 from aam_search.redact import redact
-from aam_search.search.study import REASON, objective_direction
+from aam_search.search.record import out_dir_of
+from aam_search.search.selection import SelectionError, choose_trial
 from aam_search.tracking.errors import PromotionError
 from aam_search.tracking.store import (
     artifact_location,
@@ -46,11 +37,10 @@ from aam_search.tracking.store import (
     quiet_downloads,
     resolve_tracking_uri,
 )
-from aam_search.trainer.reporter import finite_number
+from aam_search.trainer.heldout_eval import HeldOutError, evaluate_on_test
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_UTILITY_DROP = 0.01
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_code.py")
 MODEL_ARTIFACT = "adapter"  # the model's name inside the run (models:/... resolve to it)
 
@@ -86,69 +76,12 @@ class Promotion:
         return f"models:/{self.model_name}@{self.alias}"
 
 
-# ---------------------------------------------------------------- choosing a trial
-
-
-def choose_trial(
-    trials: list[FrozenTrial],
-    objectives: list[str],
-    *,
-    trial: int | None = None,
-    max_utility_drop: float | None = DEFAULT_MAX_UTILITY_DROP,
-    knee: bool = False,
-    baseline: dict[str, float] | None = None,
-) -> tuple[FrozenTrial, str]:
-    """The trial a rule picks, and the rule in words; :class:`PromotionError` if none."""
-    done = completed(trials)
-    if trial is not None:
-        match = [t for t in trials if t.number == trial]
-        if not match:
-            raise PromotionError(f"trial {trial} does not exist (trials 0-{max((t.number for t in trials), default=-1)})")
-        chosen = match[0]
-        if chosen not in done:
-            reason = chosen.user_attrs.get(REASON)
-            raise PromotionError(f"trial {trial} is {chosen.state.name}, not completed"
-                                 + (f" ({reason})" if reason else "") + "; only completed trials can be promoted")
-        return chosen, f"trial {trial}"
-    if not done:
-        raise PromotionError("the study has no completed trial yet")
-    if knee:
-        return _knee(trials, objectives, baseline or {}), "knee of the Pareto front"
-    limit = DEFAULT_MAX_UTILITY_DROP if max_utility_drop is None else max_utility_drop
-    eligible = []
-    for t in done:
-        drop, leak = finite_number(t.user_attrs.get("utility_drop")), finite_number(t.user_attrs.get("leakage"))
-        if drop is not None and leak is not None and drop <= limit:
-            eligible.append((leak, -(finite_number(t.user_attrs.get("utility")) or 0.0), t.number, t))
-    if not eligible:
-        drops = [(d, t.number) for t in done if (d := finite_number(t.user_attrs.get("utility_drop"))) is not None]
-        if drops:
-            best = min(drops)
-            hint = f"the smallest utility drop is {best[0]:.4f} (trial {best[1]})"
-        else:
-            hint = "no trial has a defined utility drop (raw utility is 0?)"
-        raise PromotionError(f"no completed trial has utility_drop <= {limit}: {hint}; "
-                             "raise --max-utility-drop, or use --knee or --trial N")
-    chosen = min(eligible, key=lambda e: e[:3])[3]
-    return chosen, f"lowest leakage with utility_drop <= {limit}"
-
-
-def _knee(trials: list[FrozenTrial], objectives: list[str], baseline: dict[str, float]) -> FrozenTrial:
-    front = pareto_front(trials, objectives)
-    if not front:
-        raise PromotionError("the Pareto front is empty (no feasible completed trial)")
-    values = [list(t.values) for t in front]
-    scores = []
-    for t, row in zip(front, values, strict=True):
-        total = 0.0
-        for i, name in enumerate(objectives):
-            column = [r[i] for r in values]
-            ideal = max(column) if objective_direction(name) == "maximize" else min(column)
-            raw = finite_number(baseline.get(name))
-            scale = abs(raw) if raw else (max(column) - min(column)) or 1.0
-            total += ((row[i] - ideal) / scale) ** 2
-        scores.append((math.sqrt(total), t.number, t))
-    return min(scores, key=lambda s: s[:2])[2]
+def select(trials: list[FrozenTrial], objectives: list[str], **rule: Any) -> tuple[FrozenTrial, str]:
+    """:func:`~aam_search.search.selection.choose_trial`, its refusal as a :class:`PromotionError`."""
+    try:
+        return choose_trial(trials, objectives, **rule)
+    except SelectionError as error:
+        raise PromotionError(str(error)) from None
 
 
 # ---------------------------------------------------------------- finding what to promote
@@ -158,13 +91,12 @@ def study_tracking_uri(study: Any, tracking_uri: str | None) -> str:
     with a password must be given (:func:`~aam_search.search.config.local_tracking_uri`)."""
     from aam_search.redact import has_hidden_secret
     from aam_search.search.config import local_tracking_uri
-    from aam_search.search.record import stored_config
-    from aam_search.tracking.runs import URI_ATTR
+    from aam_search.search.record import stored_config, tracked_run
 
     stored = stored_config(study)
     workdir = stored.get("workdir") or f"work/{study.study_name}"
     # The study keeps only redacted URIs: a password comes from --tracking-uri or the environment.
-    known = [u for u in (study.user_attrs.get(URI_ATTR), stored.get("tracking_uri")) if u]
+    known = [u for u in (tracked_run(study)[1], stored.get("tracking_uri")) if u]
     usable = [u for u in known if not has_hidden_secret(u)]  # studies of older versions kept it in clear
     uri = local_tracking_uri(tracking_uri, (usable or known or [None])[0], what=f"study {study.study_name!r}")
     return resolve_tracking_uri(uri, workdir) if uri else default_tracking_uri(workdir)
@@ -189,53 +121,23 @@ def _trial_files(client: Any, run: Any | None, trial: FrozenTrial, folder: Path)
             adapter = Path(client.download_artifacts(run.info.run_id, ADAPTER_FILE, str(folder)))
             config = Path(client.download_artifacts(run.info.run_id, CONFIG_FILE, str(folder)))
             return adapter, yaml.safe_load(config.read_text()) or {}
-    out_dir = trial.user_attrs.get("out_dir")
+    out_dir = out_dir_of(trial)
     if out_dir and (Path(out_dir) / ADAPTER_FILE).is_file() and (Path(out_dir) / CONFIG_FILE).is_file():
         return Path(out_dir) / ADAPTER_FILE, yaml.safe_load((Path(out_dir) / CONFIG_FILE).read_text()) or {}
     raise PromotionError(f"trial {trial.number} has no {ADAPTER_FILE} and {CONFIG_FILE}, neither in MLflow "
                          f"nor in its trial folder {out_dir or '(unknown)'}")
 
 
-def evaluate_on_test(adapter_path: Path, trial_config: dict[str, Any], cache_path: str | Path | None = None
+def held_out_metrics(adapter_path: Path, trial_config: dict[str, Any], cache_path: str | Path | None = None
                      ) -> dict[str, float]:
-    """Fresh attackers and probes on the test split, for the adapter and for raw features."""
-    import torch
-
-    from aam_search.features.cache import CacheError, FeatureCache
-    from aam_search.trainer.baseline import evaluate_features, raw_baseline, summarize
-    from aam_search.trainer.checkpoint import load_checkpoint
-    from aam_search.trainer.config import parse_trial_config
-
-    if cache_path is not None:
-        trial_config = {**trial_config, "cache": str(cache_path)}
-    config = parse_trial_config(trial_config, "the trial's trial.yaml")
-    try:
-        cache = FeatureCache.open(config.cache)
-        cache.verify()  # a champion is never picked on features changed since extraction
-    except (CacheError, OSError) as error:
-        raise PromotionError(f"cannot open the trial's feature cache ({error}); pass --cache DIR") from None
-    checkpoint = load_checkpoint(adapter_path)
-    key = checkpoint.info.get("cache_key")
-    if key and cache.meta.get("key") and key != cache.meta["key"]:
-        raise PromotionError(f"the adapter was trained on feature cache {key}, but {cache.path} is "
-                             f"{cache.meta['key']}")
-    adapter = checkpoint.adapter.eval()
-    split = config.eval.model_copy(update={"split": "test"})
-
-    def transform(tokens: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return adapter(tokens)
-
-    try:
-        measured = evaluate_features(cache, transform, split, seed=config.seed)
-        raw = raw_baseline(cache, split, seed=config.seed)
-    except ValueError as error:  # e.g. nothing labelled in the test split
-        raise PromotionError(f"cannot evaluate on the test split: {error}") from None
-    summary = summarize(measured, raw, split.primary_protocol)
+    """The adapter's test-split numbers as ``test_*`` metrics (fresh attackers and probes)."""
     from aam_search.tracking.params import final_metrics
 
-    metrics = final_metrics({**summary, "measured": measured})
-    return {f"test_{k}": v for k, v in metrics.items()}
+    try:
+        result = evaluate_on_test(adapter_path, trial_config, cache_path)
+    except HeldOutError as error:
+        raise PromotionError(str(error)) from None
+    return {f"test_{k}": v for k, v in final_metrics(result).items()}
 
 
 # ---------------------------------------------------------------- promotion
@@ -252,7 +154,7 @@ def promote(
     say: Callable[[str], None] = lambda message: None,
 ) -> Promotion:
     """Promote one trial of ``study_name``; see the module docstring for the rules."""
-    from aam_search.search.record import stored_baseline, stored_config, stored_objectives
+    from aam_search.search.record import stored_baseline, stored_config, stored_objectives, trial_summary
     from aam_search.search.study import load_existing_study
 
     if sum([trial is not None, max_utility_drop is not None, knee]) > 1:
@@ -261,9 +163,10 @@ def promote(
     study = load_existing_study(study_name, storage)
     trials = study.get_trials(deepcopy=False)
     objectives = stored_objectives(study)
-    chosen, rule = choose_trial(trials, objectives, trial=trial, max_utility_drop=max_utility_drop, knee=knee,
-                                baseline=stored_baseline(study))
-    shown = {key: finite_number(chosen.user_attrs.get(key)) for key in ("utility", "leakage", "utility_drop")}
+    chosen, rule = select(trials, objectives, trial=trial, max_utility_drop=max_utility_drop, knee=knee,
+                          baseline=stored_baseline(study))
+    summary = trial_summary(chosen)
+    shown = {"utility": summary.utility, "leakage": summary.leakage, "utility_drop": summary.utility_drop}
     say(f"chose trial {chosen.number} ({rule}); validation: "
         + ", ".join(f"{key} {'n/a' if value is None else format(value, '.4f')}" for key, value in shown.items()))
     uri = study_tracking_uri(study, tracking_uri)
@@ -274,7 +177,7 @@ def promote(
     with tempfile.TemporaryDirectory(prefix="aam-promote-") as folder, quiet_downloads():
         adapter_path, trial_config = _trial_files(client, run, chosen, Path(folder))
         say(f"evaluating trial {chosen.number} on the test split (fresh attackers and probes)")
-        test_metrics = evaluate_on_test(adapter_path, trial_config, cache)
+        test_metrics = held_out_metrics(adapter_path, trial_config, cache)
         # ---- everything checked: from here on MLflow is written
         if run is None:
             experiment_id = ensure_experiment(client, experiment_name(study_name), artifact_location(uri, workdir),

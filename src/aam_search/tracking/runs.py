@@ -52,29 +52,21 @@ from aam_search.search.callbacks import (
     TunerCallback,
 )
 from aam_search.search.config import StudyConfig
-from aam_search.search.pareto import feasible, pareto_front
-from aam_search.search.record import hypervolume_history
-from aam_search.search.study import ATTEMPT, REASON, SLOT, counted
+from aam_search.search.pareto import summarize_trials
+from aam_search.search.record import (attempt_of, hypervolume_history, reason_of, slot_of, tracked_run,
+                                      write_tracked_run)
+from aam_search.search.shown import trial_rows
+from aam_search.search.study import counted
 from aam_search.tracking import importance
 from aam_search.tracking.mlflow_calls import (existing_run, log_batched, log_files, runs_tagged,
                                              system_metrics_monitor)
 from aam_search.tracking.params import (MAX_PARAM, final_metrics, final_tags, finite_float, flatten, metric_key,
                                         study_params)
-from aam_search.tracking.plots import (
-    TrialPoint,
-    hypervolume_csv,
-    hypervolume_png,
-    pareto_html,
-    pareto_png,
-    trial_rows,
-    write_csv,
-)
+from aam_search.tracking.plots import hypervolume_csv, hypervolume_png, pareto_html, pareto_png, write_csv
 from aam_search.tracking.store import artifact_location, connect, ensure_experiment, experiment_name, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
 
-PARENT_ATTR = "aam:mlflow_parent_run"
-URI_ATTR = "aam:mlflow_tracking_uri"
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "optuna.trial_number"
 STATE_TAG = "optuna.state"
@@ -167,8 +159,8 @@ class StudyTracker(TunerCallback):
         config = self.config
         shown_uri = redact(self.uri)
         run = None
-        stored = study.user_attrs.get(PARENT_ATTR)
-        if stored and study.user_attrs.get(URI_ATTR) == shown_uri:
+        stored, stored_uri = tracked_run(study)
+        if stored and stored_uri == shown_uri:
             run = existing_run(self.client, stored, self.experiment_id)
         tags = {
             "aam.study": config.name,
@@ -180,8 +172,7 @@ class StudyTracker(TunerCallback):
         if run is None:
             run = self.client.create_run(self.experiment_id, run_name=f"study-{config.name}", tags=tags)
             if not worker or not stored:  # a worker with a store of its own leaves the study's alone
-                study.set_user_attr(PARENT_ATTR, run.info.run_id)
-                study.set_user_attr(URI_ATTR, shown_uri)
+                write_tracked_run(study, run.info.run_id, shown_uri)
             existing: dict[str, str] = {}
         else:
             existing = dict(run.data.params)
@@ -321,8 +312,8 @@ class StudyTracker(TunerCallback):
             TRIAL_TAG: str(number),
             STATE_TAG: state,
             PARETO_TAG: "false",
-            "aam.slot": str(frozen.user_attrs.get(SLOT, number)),
-            "aam.attempt": str(frozen.user_attrs.get(ATTEMPT, 0)),
+            "aam.slot": str(slot_of(frozen)),
+            "aam.attempt": str(attempt_of(frozen)),
         }
         if devices is not None:
             tags["aam.devices"] = ",".join(map(str, devices)) or "cpu"
@@ -351,7 +342,8 @@ class StudyTracker(TunerCallback):
         objectives = self.config.objectives
         trials = counted(self.study.get_trials(deepcopy=False))
         by_number = {t.number: t for t in trials}
-        front = {t.number for t in pareto_front(trials, objectives)}
+        points = summarize_trials(trials, objectives)
+        front = {p.number for p in points if p.on_front}
         run_ids: dict[int, str] = {}
         for run in self.child_runs():
             try:
@@ -367,7 +359,7 @@ class StudyTracker(TunerCallback):
                     and trial.state.name in RUN_STATUS:
                 tags = {STATE_TAG: trial.state.name}
                 if trial.state == TrialState.FAIL:
-                    tags[REASON_TAG] = str(trial.user_attrs.get(REASON, "failed in another process"))[:MAX_TAG]
+                    tags[REASON_TAG] = (reason_of(trial) or "failed in another process")[:MAX_TAG]
                 self._log(run.info.run_id, tags=tags)
                 self.client.set_terminated(run.info.run_id, status=RUN_STATUS[trial.state.name])
         done = sum(t.state == TrialState.COMPLETE for t in trials)
@@ -376,22 +368,15 @@ class StudyTracker(TunerCallback):
                 "hypervolume": hypervolume, "completed_trials": done, "front_size": len(front),
                 "failed_trials": sum(t.state == TrialState.FAIL for t in trials),
             })
-        points = [
-            TrialPoint(number=t.number, state=t.state.name, values=list(t.values) if t.values else None,
-                       feasible=feasible(t) if t.state == TrialState.COMPLETE else True,
-                       on_front=t.number in front, params=dict(t.params), attrs=dict(t.user_attrs),
-                       run_id=run_ids.get(t.number))
-            for t in trials
-        ]
         history = hypervolume_history(self.study)
         title = f"study {self.config.name}: {done} completed, {len(front)} on the front"
         with tempfile.TemporaryDirectory(prefix="aam-mlflow-") as folder:
             folder_path = Path(folder)
-            pareto_html(points, objectives, self.baseline, folder_path / "pareto_front.html", title)
+            pareto_html(points, objectives, self.baseline, folder_path / "pareto_front.html", title, run_ids)
             pareto_png(points, objectives, self.baseline, folder_path / "pareto_front.png", title)
             hypervolume_png(history, folder_path / "hypervolume.png", f"hypervolume of study {self.config.name}")
             hypervolume_csv(history, folder_path / "hypervolume.csv")
-            write_csv(trial_rows(points, objectives), folder_path / "trials.csv")
+            write_csv(trial_rows(points, objectives, run_ids), folder_path / "trials.csv")
             if importance.due(done, self._importances_at, final=final):
                 self._importances_at = done
                 metrics = importance.write_importances(trials, objectives, folder_path, f"study {self.config.name}")
