@@ -48,6 +48,7 @@ def _rung_lines(out):
 
 def test_verdict_wait_ends_on_pass_stop_or_timeout(tmp_path):
     assert await_verdict(tmp_path, 2, timeout_s=0.0) is None  # nobody answers: go on
+    assert await_verdict(tmp_path, 2, timeout_s=60, interrupted=lambda: True) is None  # a signal: the loop stops
     let_continue(tmp_path, rung=1)
     assert await_verdict(tmp_path, 1, timeout_s=60) is None
     request_stop(tmp_path, rung=2, reason="dominated")

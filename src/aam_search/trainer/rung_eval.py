@@ -70,13 +70,16 @@ def _passed(trial_dir: Path, rung: int) -> bool:
     return isinstance(passed, dict) and isinstance(passed.get("rung"), int) and passed["rung"] >= rung
 
 
-def await_verdict(trial_dir: Path, rung: int, timeout_s: float) -> dict | None:
+def await_verdict(trial_dir: Path, rung: int, timeout_s: float,
+                  interrupted: Callable[[], bool] = lambda: False) -> dict | None:
     """At rung epoch ``rung``: the stop request, or None once the trial may go on (or no
-    verdict came within ``timeout_s``: a trial is never held by a missing orchestrator)."""
+    verdict came within ``timeout_s``: a trial is never held by a missing orchestrator; or
+    ``interrupted()``: a signal arrived, which the training loop then obeys)."""
     deadline = time.monotonic() + timeout_s
     while True:
         request = stop_requested(trial_dir)
-        if request is not None or _passed(trial_dir, rung) or time.monotonic() >= deadline:
+        if (request is not None or _passed(trial_dir, rung) or time.monotonic() >= deadline
+                or interrupted()):
             return request
         time.sleep(VERDICT_POLL_S)
 
@@ -145,7 +148,8 @@ def rung_epoch_end(recipe: Any, epochs_done: int, fit_eraser: Callable) -> dict[
     if accelerator.is_main_process:
         if epochs_done in config.eval.rungs:
             line = _evaluate_at_rung(recipe, epochs_done, fit_eraser)
-            request = await_verdict(recipe.out_dir, epochs_done, config.eval.rung_wait_s)
+            request = await_verdict(recipe.out_dir, epochs_done, config.eval.rung_wait_s,
+                                    lambda: recipe.stop_signal is not None)
         else:
             request = stop_requested(recipe.out_dir)
     flag = torch.tensor([0.0 if request is None else 1.0], device=accelerator.device)
