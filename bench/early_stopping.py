@@ -1,33 +1,50 @@
 """MO-ASHA against full fidelity: hypervolume against compute, same samplers and seeds.
 
-Design (issue 13). For each sampler and seed (>= 5), run two studies of the same trial count
-on the synthetic dataset: one full fidelity, one with the same compute budget and ``early_stopping: {kind: mo-asha}``.
-Record, after every finished or pruned trial, the cumulative compute (trial seconds) and the
-hypervolume of the COMPLETE trials (pruned ones never enter it). Print, per seed, the compute
-fraction MO-ASHA needs to reach the full-fidelity study's final hypervolume (inf if never),
-then its median and spread over seeds. Last line: key=value pairs incl. ``pruned=<count>``.
-
-Phase 1 (now): ``--simulate`` (the default until the orchestrator can prune) replays the
-decision rules of aam_search/search/early_stopping.py on simulated learning curves, with
-compute counted in epochs. Phase 2 plugs the orchestrator in ``run_study`` (a real study on
-bench/common.py's synthetic cache, compute = trial seconds from result.json).
+For each sampler and seed (>= 5), two real studies (the orchestrator, trial subprocesses) on
+the synthetic dataset: one at full fidelity with ``--trials`` trials, one with
+``early_stopping: {kind: mo-asha}`` and ``--asha-trials`` trials (default twice as many: what
+MO-ASHA saves it spends on more trials). After every finished or pruned trial, in the order
+they ended, the cumulative compute (the trials' own seconds, ``timings.total_s`` of
+result.json: rung evaluations and the waits for verdicts included, process start-up not) and
+the hypervolume of the COMPLETE trials (pruned ones never enter it), at the study's
+reference point. Prints, per seed, the compute fraction MO-ASHA needs to reach the
+full-fidelity study's final hypervolume (inf if never), then its median and spread over seeds.
+Last line: key=value pairs, ``pruned=<count>`` among them. Each run writes to its own fresh
+folder under /tmp unless ``--workdir`` is given.
 
     python bench/early_stopping.py --smoke
-    python bench/early_stopping.py --seeds 5 --trials 60 --epochs 27   # --epochs: longer trials
+    python bench/early_stopping.py --seeds 5 --trials 8 --epochs 9        # --epochs: longer trials
+    python bench/early_stopping.py --simulate                             # the rules on simulated curves
+
+``--simulate`` replays the decision rules of aam_search/search/early_stopping.py on simulated
+learning curves (compute counted in epochs), without training anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import statistics
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
+import optuna
+import torch
+from optuna.trial import TrialState
 
+from aam_search.protocol import RESULT_FILE
+from aam_search.search.config import parse_study_config
 from aam_search.search.early_stopping import rung_epochs, should_continue
+from aam_search.search.orchestrator import Orchestrator
+from aam_search.search.pareto import hypervolume
+from common import synthetic_cache
 
 DIRECTIONS = ["maximize", "minimize"]  # utility, leakage
-
-
+OBJECTIVES = ["utility", "leakage"]
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 def hypervolume_2d(points: list[tuple[float, float]], reference: tuple[float, float] = (0.0, 1.0)) -> float:
     """Area dominated by (utility up, leakage down) points above ``reference``."""
     front = sorted({p for p in points if p[0] > reference[0] and p[1] < reference[1]}, key=lambda p: -p[0])
@@ -79,6 +96,8 @@ def run_simulated(seed: int, trials: int, epochs: int, min_epochs: int, eta: int
 
 
 def compute_fraction(asha: list, full: list) -> float:
+    """Compute MO-ASHA spent when its hypervolume first reached full fidelity's final one,
+    over full fidelity's total compute."""
     target, total = full[-1][1], full[-1][0]
     for compute, hv in asha:
         if hv >= target - 1e-12:
@@ -86,32 +105,110 @@ def compute_fraction(asha: list, full: list) -> float:
     return float("inf")
 
 
+def trial_config(epochs: int, batch_size: int) -> dict:
+    """The bench's trials: the whole attacker suite at the end, without cross-fitting and
+    bootstrap intervals (they do not move the objective values, and would dwarf training on
+    the synthetic cache)."""
+    return {"optim": {"epochs": epochs, "min_steps": 0, "batch_size": batch_size, "head_pretrain_epochs": 10},
+            "eval": {"attacker_epochs": 20, "probe_epochs": 20, "crossfit_folds": 0, "bootstrap_resamples": 0},
+            "save_adapter": False}
+
+
+def run_study(name: str, workdir: Path, cache_path: Path, sampler: str, seed: int, trials: int, trial: dict,
+              stopping: dict | None) -> tuple[list[tuple[float, float]], int]:
+    """(cumulative compute seconds, hypervolume) after each ended trial, and the pruned count."""
+    data = {"name": name, "workdir": str(workdir), "data": {"cache": str(cache_path)}, "trial": trial,
+            "sampler": sampler, "seed": seed, "n_trials": trials, "max_parallel": 1, "track": False}
+    if stopping is not None:
+        data["early_stopping"] = stopping
+    orchestrator = Orchestrator(parse_study_config(data, f"bench study {name}"))
+    orchestrator.prepare()
+    if orchestrator.run().interrupted:
+        raise KeyboardInterrupt(f"study {name} was interrupted")
+    ended = sorted((t for t in orchestrator.study.get_trials(deepcopy=False) if t.state in FINISHED
+                    and t.datetime_complete is not None), key=lambda t: t.datetime_complete)
+    history, compute = [], 0.0
+    for index, trial_record in enumerate(ended):
+        path = Path(trial_record.user_attrs.get("out_dir", "")) / RESULT_FILE
+        result = json.loads(path.read_text()) if path.is_file() else {}
+        compute += float((result.get("timings") or {}).get("total_s") or 0.0)
+        history.append((compute, hypervolume(ended[: index + 1], OBJECTIVES, orchestrator.reference)))
+    return history, sum(t.state == TrialState.PRUNED for t in ended)
+
+
+def main_studies(args: argparse.Namespace) -> None:
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="aam-bench-early-stopping-")).resolve()
+    started = time.perf_counter()
+    _, cache = synthetic_cache(workdir, args.videos, images=args.videos // 6)
+    trial = trial_config(args.epochs, args.batch_size)
+    stopping = {"kind": "mo-asha", "min_epochs": args.min_epochs, "reduction_factor": args.reduction_factor}
+    asha_trials = args.asha_trials or 2 * args.trials
+    fractions, pruned_total, full_hv, asha_hv = [], 0, [], []
+    for sampler in args.samplers:
+        for seed in args.seeds:
+            full, _ = run_study(f"full-{sampler}-{seed}", workdir / "studies", cache.path, sampler, seed,
+                                args.trials, trial, None)
+            asha, pruned = run_study(f"asha-{sampler}-{seed}", workdir / "studies", cache.path, sampler, seed,
+                                     asha_trials, trial, stopping)
+            fraction = compute_fraction(asha, full)
+            fractions.append(fraction)
+            pruned_total += pruned
+            full_hv.append(full[-1][1])
+            asha_hv.append(asha[-1][1])
+            print(f"{sampler} seed {seed}: full hv {full[-1][1]:.4f} in {full[-1][0]:.0f}s ({args.trials} trials); "
+                  f"mo-asha hv {asha[-1][1]:.4f} in {asha[-1][0]:.0f}s ({asha_trials} trials, {pruned} pruned); "
+                  f"compute fraction {fraction:.3f}", flush=True)
+    finite = [f for f in fractions if f != float("inf")]
+    print(f"mode=study samplers={','.join(args.samplers)} seeds={len(args.seeds)} trials={args.trials} "
+          f"asha_trials={asha_trials} epochs={args.epochs} min_epochs={args.min_epochs} "
+          f"reduction_factor={args.reduction_factor} videos={args.videos} "
+          f"compute_fraction_median={statistics.median(fractions):.3f} compute_fraction_min={min(fractions):.3f} "
+          f"compute_fraction_max={max(fractions):.3f} reached={len(finite)}/{len(fractions)} "
+          f"full_hv_median={statistics.median(full_hv):.4f} asha_hv_median={statistics.median(asha_hv):.4f} "
+          f"pruned={pruned_total} seconds={time.perf_counter() - started:.0f} workdir={workdir}")
+
+
+def main_simulated(args: argparse.Namespace) -> None:
+    fractions, pruned_total = [], 0
+    for seed in args.seeds:
+        full, _ = run_simulated(seed, args.trials, args.epochs, args.min_epochs, None)
+        asha, pruned = run_simulated(seed, args.trials, args.epochs, args.min_epochs, args.reduction_factor)
+        fractions.append(compute_fraction(asha, full))
+        pruned_total += pruned
+        print(f"seed {seed}: full hv {full[-1][1]:.4f} in {full[-1][0]} epochs; mo-asha hv {asha[-1][1]:.4f} "
+              f"in {asha[-1][0]} epochs, pruned {pruned}; compute fraction {fractions[-1]:.3f}")
+    finite = [f for f in fractions if f != float("inf")]
+    print(f"mode=simulated seeds={len(args.seeds)} trials={args.trials} epochs={args.epochs} "
+          f"compute_fraction_median={statistics.median(fractions):.3f} compute_fraction_min={min(fractions):.3f} "
+          f"compute_fraction_max={max(fractions):.3f} reached={len(finite)}/{len(fractions)} pruned={pruned_total}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="a small run for this CPU")
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--trials", type=int, default=60)
-    parser.add_argument("--epochs", type=int, default=27, help="trial epochs; raise for longer trials")
+    parser.add_argument("--smoke", action="store_true", help="a small run for this CPU (a few minutes)")
+    parser.add_argument("--simulate", action="store_true", help="replay the rules on simulated curves")
+    parser.add_argument("--workdir", default=None, help="default: a fresh folder under /tmp")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--samplers", nargs="+", default=["tpe"])
+    parser.add_argument("--trials", type=int, default=8, help="full-fidelity trials per study")
+    parser.add_argument("--asha-trials", type=int, default=None, help="MO-ASHA trials per study; default 2x")
+    parser.add_argument("--epochs", type=int, default=9, help="trial epochs; raise for longer trials")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--videos", type=int, default=120)
     parser.add_argument("--min-epochs", type=int, default=1)
     parser.add_argument("--reduction-factor", type=int, default=3)
     args = parser.parse_args()
+    optuna.logging.set_verbosity(logging.WARNING)
+    if args.simulate:
+        if args.smoke:
+            args.trials = 30
+        main_simulated(args)
+        return
     if args.smoke:
-        args.seeds, args.trials = 5, 30
-    fractions, pruned_total = [], 0
-    for seed in range(args.seeds):
-        full, _ = run_simulated(seed, args.trials, args.epochs, args.min_epochs, None)
-        asha, pruned = run_simulated(seed, args.trials, args.epochs, args.min_epochs, args.reduction_factor)
-        fraction = compute_fraction(asha, full)
-        fractions.append(fraction)
-        pruned_total += pruned
-        print(f"seed {seed}: full hv {full[-1][1]:.4f} in {full[-1][0]} epochs; mo-asha hv {asha[-1][1]:.4f} "
-              f"in {asha[-1][0]} epochs, pruned {pruned}; compute fraction {fraction:.3f}")
-    finite = [f for f in fractions if f != float("inf")]
-    median = statistics.median(fractions)
-    spread = (min(fractions), max(fractions))
-    print(f"mode=simulated seeds={args.seeds} trials={args.trials} epochs={args.epochs} "
-          f"compute_fraction_median={median:.3f} compute_fraction_min={spread[0]:.3f} "
-          f"compute_fraction_max={spread[1]:.3f} reached={len(finite)}/{len(fractions)} pruned={pruned_total}")
+        args.seeds, args.trials, args.epochs, args.videos = args.seeds[:2], 2, 4, 60
+        args.min_epochs, args.reduction_factor = 1, 2
+    torch.set_num_threads(1)  # the orchestrator's raw baseline; trials are their own processes
+    main_studies(args)
 
 
 if __name__ == "__main__":

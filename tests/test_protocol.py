@@ -28,15 +28,17 @@ def test_the_names_users_scripts_read_stay_what_they_were():
     assert (protocol.CONFIG_FILE, protocol.TRIAL_FILE, protocol.METRICS_FILE, protocol.RESULT_FILE,
             protocol.ADAPTER_FILE, protocol.LOG_FILE) == (
         "trial.yaml", "trial.json", "metrics.jsonl", "result.json", "adapter.safetensors", "trial.log")
-    assert [s.value for s in Status] == ["completed", "failed", "diverged", "terminated"]
+    assert [s.value for s in Status] == ["completed", "failed", "diverged", "terminated", "pruned"]
     assert (protocol.FAILURE_KIND, protocol.INPUT_FAILURE, RETRYABLE) == ("failure_kind", "input", "retryable")
 
 
 def test_the_reporter_writes_plain_status_strings(tmp_path):
     TrialReporter(tmp_path).result(Status.DIVERGED, "why", retryable=False)
     assert json.loads((tmp_path / protocol.RESULT_FILE).read_text())["status"] == "diverged"
-    with pytest.raises(ValueError, match="unknown trial status 'pruned'"):  # not yet: issue 12 adds it
-        TrialReporter(tmp_path).result("pruned", None)
+    TrialReporter(tmp_path).result("pruned", "stopped at a rung", retryable=False)
+    assert json.loads((tmp_path / protocol.RESULT_FILE).read_text())["status"] == "pruned"
+    with pytest.raises(ValueError, match="unknown trial status 'stopped early'"):
+        TrialReporter(tmp_path).result("stopped early", None)
 
 
 def test_a_torn_last_line_is_ignored(tmp_path):

@@ -24,6 +24,9 @@ RESULT_FILE = "result.json"  # final metrics, status, reason, timings
 ADAPTER_FILE = "adapter.safetensors"
 LOG_FILE = "trial.log"  # the trial process's stdout and stderr
 STOP_REQUEST_FILE = "stop_request.json"  # the orchestrator asks the trial to stop at its next epoch end
+RUNG_PASSED_FILE = "rung_passed.json"  # the orchestrator lets the trial go on past a rung
+# A metrics.jsonl line holding this key carries a rung's cheap evaluation (trainer/rung_eval.py).
+RUNG_KEY = "rung"
 # Every file of a trial folder, in the order tracking logs them as artifacts.
 TRIAL_FILES = (CONFIG_FILE, TRIAL_FILE, RESULT_FILE, METRICS_FILE, ADAPTER_FILE, LOG_FILE)
 
@@ -35,6 +38,7 @@ class Status(StrEnum):
     FAILED = "failed"
     DIVERGED = "diverged"  # the guard stopped a loss that ran away
     TERMINATED = "terminated"  # a signal (timeout, Ctrl-C, a stopping study) ended it
+    PRUNED = "pruned"  # the study's early stopping (MO-ASHA) stopped it at a rung
 
 
 # result.json's ``failure_kind``: None, or INPUT_FAILURE when a shared input every trial

@@ -29,10 +29,20 @@ def test_bad_early_stopping_names_the_field(changes, words):
     assert words in str(caught.value), str(caught.value)
 
 
-def test_a_study_with_early_stopping_is_refused_until_the_loop_prunes(tmp_path):
-    # Accepted by the config, but running it would silently train every trial in full.
-    from aam_search.search.orchestrator import Orchestrator
+@pytest.mark.parametrize("epochs", [{"type": "int", "low": 3, "high": 9}, [9, 3, 27], {"type": "fixed", "value": 3}])
+def test_min_epochs_must_be_below_every_epochs_the_space_searches(epochs):
+    space = {"name": "epochs", "include": ["loss-weights"], "params": {"optim.epochs": epochs}}
+    with pytest.raises(ConfigError) as caught:
+        _parse(early_stopping={"min_epochs": 3}, space=space)
+    assert "early_stopping.min_epochs (3)" in str(caught.value) and "optim.epochs goes down to 3" in str(caught.value)
+    assert _parse(early_stopping={"min_epochs": 2}, space=space).early_stopping.min_epochs == 2
 
-    config = _parse(early_stopping={"min_epochs": 2}, workdir=str(tmp_path))
-    with pytest.raises(ConfigError, match="early_stopping: MO-ASHA is not applied"):
-        Orchestrator(config).prepare()
+
+def test_the_study_puts_the_rungs_of_each_trials_own_epochs_in_its_config():
+    from aam_search.search.rungs import RUNG_WAIT_S, with_rungs
+
+    config = _parse(early_stopping={"min_epochs": 2, "reduction_factor": 3})
+    trial = with_rungs(config, {"optim": {"epochs": 27}, "eval": {"probe_epochs": 5}})
+    assert trial["eval"] == {"probe_epochs": 5, "rungs": [2, 6, 18], "rung_wait_s": RUNG_WAIT_S}
+    assert with_rungs(config, {})["eval"]["rungs"] == [2, 6, 18]  # the trainer's default 20 epochs
+    assert with_rungs(_parse(), {"optim": {"epochs": 27}}) == {"optim": {"epochs": 27}}  # off: untouched

@@ -190,10 +190,22 @@ def check_space(config: StudyConfig) -> None:
                 f"sampler: 'grid' needs a space of categorical, int and fixed parameters only (e.g. the "
                 f"'paper' preset), but in space '{space.name}' {problem}; choose another sampler"
             )
+    if config.early_stopping is not None and "optim.epochs" in space.params:
+        lowest = min(_param_values(space.params["optim.epochs"]), default=None)
+        if lowest is not None and config.early_stopping.min_epochs >= lowest:
+            raise ValueError(
+                f"early_stopping.min_epochs ({config.early_stopping.min_epochs}) must be below every epochs "
+                f"the space can choose, but in space '{space.name}' optim.epochs goes down to {lowest}")
     problems = [f"enqueue[{index}] {point}: {problem}"
                 for index, point in enumerate(config.enqueue) for problem in space.point_problems(point)]
     if problems:
         raise ValueError("\n".join(problems))
+
+
+def _param_values(spec: Any) -> list[float]:
+    """The numbers a space parameter can take at its ends (low, the choices, its value)."""
+    values = {"float": [spec.low], "int": [spec.low], "categorical": spec.choices, "fixed": [spec.value]}
+    return [v for v in values.get(spec.type) or [] if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
 def parse_study_config(data: dict[str, Any], source: str = "study config") -> StudyConfig:

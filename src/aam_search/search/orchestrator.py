@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from aam_search.features.cache import FeatureCache
 from aam_search.features.config import ConfigError, ExtractConfig
 from aam_search.features.extract import extract_features
-from aam_search.protocol import FAILURE_KIND, INPUT_FAILURE, is_retryable
+from aam_search.protocol import FAILURE_KIND, INPUT_FAILURE, RUNG_KEY, Status, is_retryable
 from aam_search.redact import redact, scrub
 from aam_search.search import optuna_access as private
 from aam_search.search.backend import DevicePool, RunningTrial, detect_gpus, start_trial
@@ -49,6 +49,7 @@ from aam_search.search.pareto import hypervolume, pareto_front, reference_point
 from aam_search.search.record import (STALE_REASON, append_hypervolume, attempt_of, hypervolume_history, rerun_attrs,
                                       write_launch, write_reason, write_study)
 from aam_search.search.recovery import check_result, keep_result
+from aam_search.search.rungs import on_rung, tell_pruned, with_rungs
 from aam_search.search.storage import StorageError
 from aam_search.search.study import (
     admit,
@@ -78,6 +79,7 @@ class StudyOutcome:
     front: list[optuna.trial.FrozenTrial]
     hypervolume: float
     stopped: str | None = None  # why the study stopped itself (a missing or broken shared input)
+    pruned: int = 0  # stopped early by MO-ASHA; each used its slot of n_trials
 
 
 class Orchestrator:
@@ -97,9 +99,6 @@ class Orchestrator:
     # ------------------------------------------------------------------ preparation
     def prepare(self) -> None:
         config = self.config
-        if config.early_stopping is not None:  # validated, but the loop cannot prune yet: say so
-            raise ConfigError("early_stopping: MO-ASHA is not applied by the tuner loop yet (its decision "
-                              "rule and config are in place); remove early_stopping to run this study")
         config.workdir.mkdir(parents=True, exist_ok=True)
         self.cache = self._feature_cache()
         self.cache.verify()  # once per study, before the first trial: content hashes of the cache
@@ -150,6 +149,7 @@ class Orchestrator:
     def _trial_config(self, params: dict[str, Any]) -> TrialConfig:
         base = {**self.config.trial, "cache": str(self.cache.path)}
         merged = merge_overrides(base, self.space.to_overrides(params)) if params else base
+        merged = with_rungs(self.config, merged)  # MO-ASHA's rungs of this trial's epochs
         try:
             return parse_trial_config(merged, "trial config built from the study")
         except ConfigError as error:
@@ -259,7 +259,10 @@ class Orchestrator:
     def _poll(self) -> None:
         for number, (running, trial) in list(self.running.items()):
             for line in running.poll_metrics():
-                self._emit(EpochReported(number=number, metrics=line))
+                if RUNG_KEY in line:  # a rung: record it, decide on first arrival, answer the trial
+                    on_rung(self.study, trial, running.out_dir, line[RUNG_KEY], self.config)
+                else:
+                    self._emit(EpochReported(number=number, metrics=line))
             if not running.finished() and running.elapsed > running.timeout_s:
                 running.stop(f"timeout after {running.timeout_s:.0f}s")
             if running.finished():
@@ -280,6 +283,9 @@ class Orchestrator:
         status, reason, result = running.outcome()
         if status == "stopped" and reason and reason.startswith((INTERRUPTED, STOPPED)):
             self._fail(trial, reason, retry=True, counts_as_attempt=False)
+            return
+        if result is not None and result.get("status") == Status.PRUNED:  # stopped by on_rung's verdict
+            self._emit(tell_pruned(self.study, trial, result, self.config))
             return
         if status != "completed" or result is None:
             if result is not None and result.get(FAILURE_KIND) == INPUT_FAILURE:
@@ -343,6 +349,7 @@ class Orchestrator:
         return StudyOutcome(
             completed=sum(t.state == TrialState.COMPLETE for t in trials),
             failed=sum(t.state == TrialState.FAIL for t in counted(trials)),
+            pruned=sum(t.state == TrialState.PRUNED for t in trials),
             interrupted=self.stopping is not None,
             front=pareto_front(trials, self.config.objectives),
             hypervolume=history[-1][1] if history else 0.0,

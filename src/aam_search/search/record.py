@@ -267,3 +267,25 @@ def trial_summary(trial: FrozenTrial, objectives: Sequence[str] = (), *, on_fron
         intervals={name: bounds for name, raw in ci.items() if (bounds := _interval(raw)) is not None},
         ci_note=attrs.get(CI_NOTE), chance_by_protocol=_numbers(attrs.get(CHANCE_BY_PROTOCOL)),
     )
+
+
+# MO-ASHA rung records (search/rungs.py), one trial user attr per rung: ``aam:rung:<epoch>``
+# holds {"values": [one per objective], "continued": bool}. In the study storage, so every
+# worker decides from the same records.
+RUNG_ATTR_PREFIX = "aam:rung:"
+
+
+def rung_attr(epoch: int) -> str:
+    return f"{RUNG_ATTR_PREFIX}{int(epoch)}"
+
+
+def rung_record(trial: Any, epoch: int) -> dict[str, Any] | None:
+    """The trial's record at the rung at ``epoch``, or None before it arrived there."""
+    record = trial.user_attrs.get(rung_attr(epoch))
+    return record if isinstance(record, dict) else None
+
+
+def rung_records(trial: Any) -> dict[int, dict[str, Any]]:
+    """Every rung record of a trial, by the rung's epoch."""
+    return {int(key[len(RUNG_ATTR_PREFIX):]): value for key, value in trial.user_attrs.items()
+            if key.startswith(RUNG_ATTR_PREFIX) and key[len(RUNG_ATTR_PREFIX):].isdigit() and isinstance(value, dict)}

@@ -31,7 +31,7 @@ from aam_search.trainer.resampling import Resampler, percentile_ci
 # random draws differ from 3's, so numbers move within seed noise.
 EVALUATION_VERSION = 4
 # EvalConfig fields that do not change a measured number, so not part of the baseline's key.
-_NOT_IN_KEY = {"primary_protocol", "unseen_tasks"}
+_NOT_IN_KEY = {"primary_protocol", "unseen_tasks", "rungs", "rung_wait_s"}
 
 
 def cotrained_tasks(cache: FeatureCache, unseen_tasks: tuple[str, ...]) -> dict[str, int]:

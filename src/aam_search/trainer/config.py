@@ -120,6 +120,8 @@ class EvalConfig(_Strict):
     rungs: tuple[int, ...] = Field(
         default=(), strict=False,
         description="epochs (1-based) after which the trial runs the cheap rung evaluation; set by the study")
+    rung_wait_s: float = Field(
+        default=0.0, ge=0, description="how long a trial waits at a rung for the study's verdict; set by the study")
 
     @field_validator("rungs")
     @classmethod

@@ -15,7 +15,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from aam_search.protocol import ADAPTER_FILE, METRICS_FILE, RESULT_FILE, TRIAL_FILE, Status
+from aam_search.protocol import (
+    ADAPTER_FILE,
+    METRICS_FILE,
+    RESULT_FILE,
+    RUNG_PASSED_FILE,
+    STOP_REQUEST_FILE,
+    TRIAL_FILE,
+    Status,
+)
 
 
 def _clean(value: Any) -> Any:
@@ -56,9 +64,9 @@ class TrialReporter:
 
     def trial(self, resolved_config: dict[str, Any]) -> None:
         """Start the trial's record afresh: files an earlier run left in this folder (appended
-        metrics, a result, an adapter) would otherwise pass for this run's."""
+        metrics, a result, an adapter, a rung verdict) would otherwise pass for this run's."""
         if self.enabled:
-            for name in (METRICS_FILE, RESULT_FILE, ADAPTER_FILE):
+            for name in (METRICS_FILE, RESULT_FILE, ADAPTER_FILE, STOP_REQUEST_FILE, RUNG_PASSED_FILE):
                 (self.out_dir / name).unlink(missing_ok=True)
         self._write_json(TRIAL_FILE, resolved_config)
 

@@ -34,6 +34,7 @@ from aam_search.trainer.losses import LossWeights
 from aam_search.trainer.model import PrivacyProjector, TaskHeads, build_adapter, count_parameters
 from aam_search.trainer.objective import AAMObjective
 from aam_search.trainer.reporter import TrialReporter
+from aam_search.trainer.rung_eval import rung_epoch_end
 
 
 class TrialStopped(Exception):
@@ -43,10 +44,11 @@ class TrialStopped(Exception):
     parameters; the recipe's own stops (divergence, a non-finite loss) would repeat.
     """
 
-    def __init__(self, status: str, reason: str):
+    def __init__(self, status: str, reason: str, fields: dict[str, Any] | None = None):
         super().__init__(reason)
         self.status, self.reason = status, reason
         self.retryable = status == Status.TERMINATED
+        self.fields = fields or {}  # more result.json fields (a pruned stop's rung)
 
 
 def make_accelerator(config: TrialConfig):
@@ -207,6 +209,9 @@ class AAMRecipe:
             metrics.update(epoch=epoch, lr=lr, seconds=seconds, samples_per_s=samples / seconds)
             self.reporter.epoch(metrics)
             self.epochs_done = epoch + 1
+            pruned = rung_epoch_end(self, self.epochs_done, fit_train_eraser)  # the study's verdict at a rung
+            if pruned is not None:
+                raise TrialStopped(Status.PRUNED, f"pruned after epoch {epoch + 1}: {pruned['pruned_reason']}", pruned)
         self.timings["train_s"] = time.perf_counter() - train_started
 
     def _step(self, batch, phase: str, lr: float) -> dict[str, float]:
@@ -336,6 +341,7 @@ class AAMRecipe:
             self.accelerator.wait_for_everyone()
         except TrialStopped as stop:
             status, reason, retryable = stop.status, stop.reason, stop.retryable
+            metrics = {**metrics, **stop.fields}
         except Exception as error:
             status, reason = Status.FAILED, f"{type(error).__name__}: {error}"
             self._report(status, reason, metrics, started, failure_kind=self._failure_kind(error))
