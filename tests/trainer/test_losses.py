@@ -7,6 +7,7 @@ from aam_search.trainer.losses import (
     LossWeights,
     latent_consistency,
     normalized_hsic,
+    masked_nt_xent,
     nt_xent,
     task_loss,
     total_loss,
@@ -225,3 +226,47 @@ def test_total_loss_adds_the_weighted_hsic_term():
     assert total_loss(one, one, one, weights).item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="hsic"):
         LossWeights(hsic=-1.0)
+
+
+# ---------------------------------------------------------------- masked_nt_xent
+
+
+def _boolean_indexed_nt_xent(z1, z2, mask, temperature):
+    """The objective's former L_B: boolean-mask indexing, 0 below two pairs."""
+    if int(mask.sum()) < 2:
+        return (z1.sum() + z2.sum()) * 0.0
+    return nt_xent(z1[mask], z2[mask], temperature)
+
+
+@pytest.mark.parametrize("kept", ["random", "none", "one", "all"])
+def test_masked_nt_xent_equals_the_boolean_indexed_loss(kept):
+    generator = torch.Generator().manual_seed(7)
+    for trial in range(20):
+        batch = 2 + trial % 9
+        z1 = torch.randn(batch, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+        z2 = torch.randn(batch, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+        mask = {"random": torch.rand(batch, generator=generator) < 0.6, "none": torch.zeros(batch, dtype=torch.bool),
+                "one": torch.arange(batch) == trial % batch, "all": torch.ones(batch, dtype=torch.bool)}[kept]
+        tau = 0.05 + 0.1 * (trial % 4)
+        expected = _boolean_indexed_nt_xent(z1, z2, mask, tau)
+        got = masked_nt_xent(z1, z2, mask, tau)
+        assert torch.isfinite(got)
+        assert abs(float(got.detach()) - float(expected.detach())) < 1e-6, (trial, kept)
+        grads = torch.autograd.grad(got, (z1, z2))
+        want = torch.autograd.grad(expected, (z1, z2), allow_unused=True)
+        for g, w in zip(grads, want):
+            torch.testing.assert_close(g, torch.zeros_like(g) if w is None else w, atol=1e-6, rtol=1e-6)
+
+
+def test_masked_nt_xent_in_float32_matches_within_1e_6():
+    generator = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(64, 16, generator=generator), torch.randn(64, 16, generator=generator)
+    mask = torch.rand(64, generator=generator) < 0.5
+    assert abs(float(masked_nt_xent(z1, z2, mask, 0.1)) - float(nt_xent(z1[mask], z2[mask], 0.1))) < 1e-6
+
+
+def test_masked_nt_xent_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="mask"):
+        masked_nt_xent(torch.randn(3, 4), torch.randn(3, 4), torch.ones(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="temperature"):
+        masked_nt_xent(torch.randn(3, 4), torch.randn(3, 4), torch.ones(3, dtype=torch.bool), temperature=0.0)

@@ -44,6 +44,35 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
     return F.cross_entropy(logits, positives)
 
 
+def masked_nt_xent(z1: Tensor, z2: Tensor, mask: Tensor, temperature: float = 0.1) -> Tensor:
+    """:func:`nt_xent` over the rows where ``mask`` is true, with no host sync: the same value
+    as ``nt_xent(z1[mask], z2[mask])`` when two or more rows are kept, else an exact 0.
+
+    Masked-out rows are neither anchors nor negatives (their columns are -inf); each kept
+    anchor's cross-entropy is multiplied by the mask and the sum divided by the clamped
+    count, so no boolean indexing or ``int(mask.sum())`` stops the device.
+    """
+    if z1.dim() != 2 or z1.shape != z2.shape or mask.shape != z1.shape[:1]:
+        raise ValueError(f"masked_nt_xent needs two [batch, dim] views and a [batch] mask, got "
+                         f"{tuple(z1.shape)}, {tuple(z2.shape)} and {tuple(mask.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    batch = z1.shape[0]
+    keep = torch.cat([mask, mask]).bool()
+    z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
+    logits = z @ z.T / temperature
+    self_mask = torch.eye(2 * batch, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask | ~keep[None, :], float("-inf"))
+    # A dropped anchor's row would be all -inf (NaN cross-entropy): any finite row does, weighted 0.
+    logits = torch.where(keep[:, None], logits, torch.zeros((), dtype=logits.dtype, device=z.device))
+    index = torch.arange(batch, device=z.device)
+    positives = torch.cat([index + batch, index])
+    per_anchor = F.cross_entropy(logits, positives, reduction="none")
+    weight = keep.to(per_anchor.dtype)
+    # One kept pair has only its positive left: its cross-entropy is exactly 0, as it should.
+    return (per_anchor * weight).sum() / weight.sum().clamp(min=1)
+
+
 def latent_consistency(adapted: Tensor, raw: Tensor) -> Tensor:
     """``||f_E(x) - f_A(f_E(x))||^2`` averaged over all elements; ``raw`` is a fixed target."""
     if adapted.shape != raw.shape:
@@ -167,6 +196,7 @@ __all__ = [
     "UNLABELLED",
     "LossWeights",
     "latent_consistency",
+    "masked_nt_xent",
     "normalized_hsic",
     "nt_xent",
     "task_loss",
