@@ -270,3 +270,11 @@ def test_masked_nt_xent_rejects_bad_inputs():
         masked_nt_xent(torch.randn(3, 4), torch.randn(3, 4), torch.ones(2, dtype=torch.bool))
     with pytest.raises(ValueError, match="temperature"):
         masked_nt_xent(torch.randn(3, 4), torch.randn(3, 4), torch.ones(3, dtype=torch.bool), temperature=0.0)
+
+
+def test_normalized_hsic_gradient_is_finite_when_the_labels_do_not_vary():
+    features = torch.randn(8, 4, requires_grad=True)
+    labels = torch.ones(8, 2)  # centred to zero: no dependence, and no NaN through the root
+    value = normalized_hsic(features, labels)
+    value.backward()
+    assert float(value.detach()) == 0.0 and torch.isfinite(features.grad).all()

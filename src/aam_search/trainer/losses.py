@@ -164,8 +164,10 @@ def normalized_hsic(
         kernel = kernel - kernel.mean(0, keepdim=True)
         kernel = kernel - kernel.mean(1, keepdim=True)  # H K H
         cross = (kernel * gram_y).sum()
-        scale = torch.sqrt((kernel * kernel).sum() * (gram_y * gram_y).sum())
-        return cross / scale.clamp_min(1e-12)
+        # Clamped inside the root: labels that do not vary within the batch (all one value, or
+        # all centred away by the groups) give a zero product, whose sqrt has an infinite gradient.
+        scale = torch.sqrt(((kernel * kernel).sum() * (gram_y * gram_y).sum()).clamp_min(1e-24))
+        return cross / scale
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,11 @@ from aam_search.features.cache import CacheError, FeatureCache
 from aam_search.protocol import ADAPTER_FILE, FAILURE_KIND, INPUT_FAILURE, RETRYABLE, Status
 from aam_search.trainer.baseline import ci_warnings, cotrained_tasks, evaluate_features, raw_baseline, summarize
 from aam_search.trainer.checkpoint import save_checkpoint
-from aam_search.trainer.config import TrialConfig
-from aam_search.trainer.data import TrainingData
+from aam_search.trainer.config import OptimConfig, TrialConfig
+from aam_search.trainer.data import DeviceBatches, TrainingData
 from aam_search.trainer.eraser import LinearEraser, fit_eraser
 from aam_search.trainer.feature_eval import Transform, pooled
+from aam_search.trainer.guard import DeviceLosses
 from aam_search.trainer.heads import cotrained_accuracy, pretrain_heads
 from aam_search.trainer.label_needs import check_attr_labels, objectives_needing_labels
 from aam_search.trainer.losses import LossWeights
@@ -110,6 +111,12 @@ def fit_train_eraser(cache: FeatureCache, transform: Transform) -> LinearEraser:
     return fit_eraser(views, list(cache.meta["attr_names"]))
 
 
+def make_adamw(groups: list[dict], optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel on CUDA, multi-tensor (foreach) elsewhere."""
+    implementation = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=optim.effective_lr, weight_decay=optim.weight_decay, **implementation)
+
+
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
     """Linear warm-up, then cosine decay to zero."""
     if warmup_steps and step < warmup_steps:
@@ -167,8 +174,21 @@ class AAMRecipe:
         groups = [{"params": [*self.adapter.parameters(), *self.heads.parameters()], "name": "adapter"}]
         if projector is not None:
             groups.append({"params": list(projector.parameters()), "name": "projector"})
-        optimizer = torch.optim.AdamW(groups, lr=config.optim.effective_lr, weight_decay=config.optim.weight_decay)
+        optimizer = make_adamw(groups, config.optim, self.accelerator.device)
+        self.optimizer_kind = "fused" if optimizer.defaults.get("fused") else "foreach"
+        if config.optim.compile:
+            self.adapter.compile()  # in place: parameter names and the checkpoint stay as they are
         self.model, self.optimizer = self.accelerator.prepare(self.objective, optimizer)
+
+        started = time.perf_counter()
+        accelerator = self.accelerator
+        self.batches = DeviceBatches(self.data, config.optim.batch_size, seed=config.seed,
+                                     rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                     device=accelerator.device, residency=config.optim.data_residency,
+                                     fraction=config.optim.resident_fraction)
+        if accelerator.is_main_process:
+            self.batches.log()
+        self.timings["data_to_device_s"] = time.perf_counter() - started
 
     # ------------------------------------------------------------------ train
     def _on_sigterm(self, signum: int, frame: Any) -> None:
@@ -176,40 +196,48 @@ class AAMRecipe:
 
     def train(self) -> None:
         config, accelerator = self.config, self.accelerator
-        optim = config.optim
         budget = self.budget
         steps_per_epoch = budget.steps_per_epoch
         adversarial = config.loss.privacy_objective == "adversarial"
         phases = ("projector", "adapter") if adversarial else ("adapter",)
+        check_every = config.guard.check_every
+        losses = DeviceLosses(config.guard, accelerator.device)
         step = 0
         train_started = time.perf_counter()
         for epoch in range(budget.epochs):
             epoch_started = time.perf_counter()
-            sums: dict[str, float] = {}
             samples = 0
             self.model.train()
-            for batch in self.data.batches(optim.batch_size, seed=config.seed, epoch=epoch,
-                                           rank=accelerator.process_index,
-                                           world_size=accelerator.num_processes):
-                batch = batch.to(accelerator.device)
-                lr = lr_at(step, budget.total_steps, budget.warmup_steps, optim.effective_lr)
+            for batch in self.batches.epoch(epoch):
+                lr = lr_at(step, budget.total_steps, budget.warmup_steps, config.optim.effective_lr)
+                timed = config.optim.compile and step == 0
+                step_losses: dict[str, torch.Tensor] = {}
                 for phase in phases:
-                    losses = self._step(batch, phase, lr)
-                    for name, value in losses.items():
-                        sums[name] = sums.get(name, 0.0) + value
-                self._check(losses, epoch, step)
+                    step_losses.update(self._step(batch, phase, lr))
+                losses.add(step_losses, step)  # on the device: no sync
+                if timed:  # the first step compiles the adapter
+                    self._sync()
+                    self.timings["compile_s"] = time.perf_counter() - epoch_started
                 samples += len(batch) * accelerator.num_processes
                 step += 1
+                if step % check_every == 0:
+                    self._check(losses, epoch, step - 1)
                 if self.stop_signal:
                     raise TrialStopped("terminated", f"received {self.stop_signal} in epoch {epoch}")
+            self._check(losses, epoch, step - 1)
+            metrics = losses.epoch_means(steps_per_epoch)  # the epoch's one read of the loss terms
             seconds = time.perf_counter() - epoch_started
-            metrics = {name: value / steps_per_epoch for name, value in sums.items()}
             metrics.update(epoch=epoch, lr=lr, seconds=seconds, samples_per_s=samples / seconds)
             self.reporter.epoch(metrics)
             self.epochs_done = epoch + 1
         self.timings["train_s"] = time.perf_counter() - train_started
 
-    def _step(self, batch, phase: str, lr: float) -> dict[str, float]:
+    def _sync(self) -> None:
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.synchronize(self.accelerator.device)
+
+    def _step(self, batch, phase: str, lr: float) -> dict[str, torch.Tensor]:
+        """One optimizer step of ``phase``; its loss terms come back detached, on the device."""
         for group in self.optimizer.param_groups:
             # Alternating min-max: only the phase's own parameter group moves.
             active = group.get("name", "adapter") == phase
@@ -222,26 +250,15 @@ class AAMRecipe:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
         self.optimizer.step()
         name = "loss" if phase == "adapter" else "l_projector"
-        values = {key: float(value.detach()) for key, value in out.items() if key != "loss"}
-        values[name] = float(out["loss"].detach())
+        values = {key: value.detach() for key, value in out.items() if key != "loss"}
+        values[name] = out["loss"].detach()
         return values
 
-    def _check(self, losses: dict[str, float], epoch: int, step: int) -> None:
-        guard = self.config.guard
-        flags = torch.tensor(
-            [
-                not all(math.isfinite(v) for v in losses.values()),
-                abs(losses.get("loss", 0.0)) > guard.max_loss or losses.get("l_lc", 0.0) > guard.max_lc,
-            ],
-            dtype=torch.float32,
-            device=self.accelerator.device,
-        )
-        flags = self.accelerator.reduce(flags, reduction="sum")  # every rank stops together
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(losses.items()))
-        if flags[0] > 0:
-            raise TrialStopped("failed", f"non-finite loss in epoch {epoch}, step {step} ({shown})")
-        if flags[1] > 0:
-            raise TrialStopped("diverged", f"loss diverged in epoch {epoch}, step {step} ({shown})")
+    def _check(self, losses: DeviceLosses, epoch: int, step: int) -> None:
+        """The guard's host read; every rank takes part (a reduce), so all stop together."""
+        stop = losses.check(epoch, step, lambda flags: self.accelerator.reduce(flags, reduction="sum"))
+        if stop is not None:
+            raise TrialStopped(*stop)
 
     # ------------------------------------------------------------------ evaluate and save
     def evaluate(self) -> dict[str, Any]:
@@ -289,6 +306,9 @@ class AAMRecipe:
             "processes": accelerator.num_processes,
             "device": str(accelerator.device),
             "mixed_precision": accelerator.mixed_precision,
+            "data_residency": self.batches.residency,
+            "optimizer": self.optimizer_kind,
+            "compiled": self.config.optim.compile,
         }
         if hasattr(self.model, "zero_optimization_stage"):  # a DeepSpeed engine
             runtime["zero_stage"] = int(self.model.zero_optimization_stage())
