@@ -29,7 +29,8 @@ from aam_search.trainer.data import DeviceBatches, TrainingData
 from aam_search.trainer.eraser import LinearEraser, fit_eraser
 from aam_search.trainer.feature_eval import Transform, pooled
 from aam_search.trainer.guard import DeviceLosses
-from aam_search.trainer.heads import cotrained_accuracy, pretrain_heads
+from aam_search.trainer.head_cache import pretrained_heads
+from aam_search.trainer.heads import cotrained_accuracy
 from aam_search.trainer.label_needs import check_attr_labels, objectives_needing_labels
 from aam_search.trainer.losses import LossWeights
 from aam_search.trainer.model import PrivacyProjector, TaskHeads, build_adapter, count_parameters
@@ -161,8 +162,9 @@ class AAMRecipe:
         self.timings["setup_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        pretrain_heads(self.heads, self.cache, epochs=config.optim.head_pretrain_epochs,
-                       lr=config.optim.head_lr, seed=config.seed)
+        self.heads_source = pretrained_heads(
+            self.heads, self.cache, epochs=config.optim.head_pretrain_epochs, lr=config.optim.head_lr,
+            seed=config.seed, store=self.accelerator.is_main_process)
         self.timings["head_pretrain_s"] = time.perf_counter() - started
 
         loss = config.loss
@@ -378,7 +380,8 @@ class AAMRecipe:
                 failure_kind: str | None = None, retryable: bool = True) -> dict[str, Any]:
         self.timings["total_s"] = time.perf_counter() - started
         result = {"status": status, "reason": reason, FAILURE_KIND: failure_kind, RETRYABLE: retryable,
-                  "epochs_done": self.epochs_done, "timings": self.timings, **metrics}
+                  "epochs_done": self.epochs_done, "timings": self.timings,
+                  "heads": getattr(self, "heads_source", None), **metrics}
         reporter = getattr(self, "reporter", None) or TrialReporter(self.out_dir)
         reporter.result(status, reason, **{k: v for k, v in result.items() if k not in ("status", "reason")})
         return result
