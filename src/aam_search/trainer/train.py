@@ -1,17 +1,15 @@
-"""The AAM training recipe: one trial, ``setup -> pretrain_heads -> train -> evaluate -> save``.
+"""The AAM training recipe: one trial, ``setup -> pretrained_heads -> train -> evaluate -> save``.
 
 Run as ``aam-search train --config trial.yaml --out DIR``, directly or under ``accelerate
 launch``. Accelerate handles devices, DDP and bf16; a DeepSpeed config in the trial adds
-ZeRO through Accelerate's DeepSpeed plugin (the visible addition in ``make_accelerator``).
+ZeRO through Accelerate's DeepSpeed plugin (the visible addition in ``runtime.make_accelerator``).
 The trial reports only through files in DIR (see ``reporter``); only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ from aam_search.features.cache import CacheError, FeatureCache
 from aam_search.protocol import ADAPTER_FILE, FAILURE_KIND, INPUT_FAILURE, RETRYABLE, Status
 from aam_search.trainer.baseline import ci_warnings, cotrained_tasks, evaluate_features, raw_baseline, summarize
 from aam_search.trainer.checkpoint import save_checkpoint
-from aam_search.trainer.config import OptimConfig, TrialConfig
+from aam_search.trainer.config import TrialConfig
 from aam_search.trainer.data import DeviceBatches, TrainingData
 from aam_search.trainer.eraser import LinearEraser, fit_eraser
 from aam_search.trainer.feature_eval import Transform, pooled
@@ -36,6 +34,7 @@ from aam_search.trainer.losses import LossWeights
 from aam_search.trainer.model import PrivacyProjector, TaskHeads, build_adapter, count_parameters
 from aam_search.trainer.objective import AAMObjective
 from aam_search.trainer.reporter import TrialReporter
+from aam_search.trainer.runtime import make_accelerator, make_adamw, parameter_digest
 
 
 class TrialStopped(Exception):
@@ -49,51 +48,6 @@ class TrialStopped(Exception):
         super().__init__(reason)
         self.status, self.reason = status, reason
         self.retryable = status == Status.TERMINATED
-
-
-def make_accelerator(config: TrialConfig):
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    use_cuda = torch.cuda.is_available()
-    kwargs: dict[str, Any] = {
-        # On CPU every rank would otherwise think it is the main one; DeepSpeed brings its
-        # own CPU accelerator, and cpu=True would silently drop its plugin.
-        "cpu": not use_cuda and config.deepspeed is None,
-        "mixed_precision": "bf16" if use_cuda else "no",
-        # The projector phase leaves the adapter without gradients.
-        "kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)],
-    }
-    if config.deepspeed is not None:
-        from accelerate.utils import DeepSpeedPlugin
-
-        _single_process_env()
-        plugin = DeepSpeedPlugin(hf_ds_config=str(config.deepspeed))
-        ds = plugin.deepspeed_config
-        # "auto" values are normally filled from a DataLoader; ours is a custom sampler.
-        ds["train_micro_batch_size_per_gpu"] = config.optim.batch_size
-        ds.setdefault("gradient_accumulation_steps", 1)
-        if ds.get("gradient_accumulation_steps") == "auto":
-            ds["gradient_accumulation_steps"] = 1
-        if ds.get("gradient_clipping", "auto") == "auto":
-            ds["gradient_clipping"] = config.optim.grad_clip or 0.0
-        ds.pop("train_batch_size", None)
-        kwargs["deepspeed_plugin"] = plugin
-    return Accelerator(**kwargs)
-
-
-def _single_process_env() -> None:
-    """Run directly (not under a launcher), DeepSpeed would look for MPI to find its rank:
-    describe a world of one process instead, on a free loopback port."""
-    if "RANK" in os.environ:
-        return
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
 
 
 def fit_train_eraser(cache: FeatureCache, transform: Transform) -> LinearEraser:
@@ -110,12 +64,6 @@ def fit_train_eraser(cache: FeatureCache, transform: Transform) -> LinearEraser:
         rows = torch.from_numpy(np.isin(owner.numpy(), members)).nonzero().squeeze(1)
         views[name] = (pooled(features[rows], transform), attrs[owner[rows]])
     return fit_eraser(views, list(cache.meta["attr_names"]))
-
-
-def make_adamw(groups: list[dict], optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, fused into one kernel on CUDA, multi-tensor (foreach) elsewhere."""
-    implementation = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=optim.effective_lr, weight_decay=optim.weight_decay, **implementation)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
@@ -233,6 +181,9 @@ class AAMRecipe:
             self.reporter.epoch(metrics)
             self.epochs_done = epoch + 1
         self.timings["train_s"] = time.perf_counter() - train_started
+        if accelerator.num_processes > 1:  # DDP keeps ranks in step; the log shows they stayed so
+            print(f"rank {accelerator.process_index}: trained parameters sha256 "
+                  f"{parameter_digest(accelerator.unwrap_model(self.model))}", file=sys.stderr, flush=True)
 
     def _sync(self) -> None:
         if self.accelerator.device.type == "cuda":
