@@ -118,3 +118,29 @@ def test_loss_guard_remembers_the_first_bad_step_until_it_is_read():
     clean.add({"loss": torch.tensor(1.0)}, step=4)
     status, reason = clean.check(0, 4, lambda flags: flags + torch.tensor([1.0, 0.0]))
     assert status == "failed" and reason == "non-finite loss in epoch 0, step 4 (loss=1)"
+
+
+def test_a_streamed_trial_trains_as_a_resident_one_and_says_so(small_cache, tmp_path, monkeypatch):
+    """Same draws, same losses: where the features live changes the speed, not the run. The
+    compile flag is checked for its wiring only (compiling takes minutes on this CPU)."""
+    import aam_search.trainer.train as train_module
+    from aam_search.protocol import METRICS_FILE, RESULT_FILE, read_metrics
+    from aam_search.trainer.model import AnonymizingAdapter
+    from tests.trainer.test_train import _config, _strict_json
+
+    monkeypatch.setattr(train_module.AAMRecipe, "evaluate", lambda self: {"runtime": self._runtime()})
+    compiled = []
+    monkeypatch.setattr(AnonymizingAdapter, "compile", lambda self, *a, **k: compiled.append(self))
+    results, metrics = {}, {}
+    for residency, compile_flag in (("device", False), ("streamed", True)):
+        out = tmp_path / residency
+        config = _config(small_cache, optim={"epochs": 2, "head_pretrain_epochs": 0, "data_residency": residency,
+                                             "compile": compile_flag}, guard={"check_every": 1})
+        assert train_module.run_trial(config, out)["status"] == "completed"
+        results[residency], metrics[residency] = _strict_json(out / RESULT_FILE), read_metrics(out / METRICS_FILE)
+    assert results["device"]["runtime"]["data_residency"] == "device"
+    assert results["streamed"]["runtime"]["data_residency"] == "streamed"
+    drop = lambda line: {k: v for k, v in line.items() if k not in ("seconds", "samples_per_s")}  # noqa: E731
+    assert [drop(x) for x in metrics["device"]] == [drop(x) for x in metrics["streamed"]]
+    assert len(compiled) == 1 and results["streamed"]["runtime"]["compiled"] is True
+    assert results["streamed"]["timings"]["compile_s"] >= 0 and "compile_s" not in results["device"]["timings"]
