@@ -17,8 +17,9 @@ from tests.trainer.test_train import _config, _strict_json
 
 @pytest.fixture
 def cache(small_cache, tmp_path):
-    """A private copy: these tests write into the cache folder."""
-    return FeatureCache.open(shutil.copytree(small_cache.path, tmp_path / "cache"))
+    """A private copy without the heads other tests' trials stored: these tests count them."""
+    return FeatureCache.open(shutil.copytree(small_cache.path, tmp_path / "cache",
+                                             ignore=shutil.ignore_patterns(HEADS_FOLDER)))
 
 
 def _heads(cache, init_seed: int = 0) -> TaskHeads:
