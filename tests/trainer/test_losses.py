@@ -278,3 +278,42 @@ def test_normalized_hsic_gradient_is_finite_when_the_labels_do_not_vary():
     value = normalized_hsic(features, labels)
     value.backward()
     assert float(value.detach()) == 0.0 and torch.isfinite(features.grad).all()
+
+
+def _indexed_hsic(features, labels, groups=None, num_groups=None):
+    """normalized_hsic as it was: labelled rows indexed out on the host (one sync each)."""
+    from aam_search.trainer.losses import _residualise
+
+    known = labels >= 0
+    rows = known.any(dim=1)
+    x = features.double()[rows]
+    if len(x) < 4:
+        return 0.0
+    mask = known[rows].double()
+    y = labels[rows].double() * mask
+    y = y + (1 - mask) * (y.sum(0) / mask.sum(0).clamp_min(1))
+    if groups is not None:
+        y = _residualise(y, groups[rows], num_groups)
+    y = y - y.mean(0)
+    gram_y = y @ y.T
+    squared = x.pow(2).sum(1)
+    dist = (squared[:, None] + squared[None, :] - 2 * x @ x.T).clamp_min(0)
+    off = ~torch.eye(len(x), dtype=torch.bool)
+    kernel = torch.exp(-dist / (2 * dist[off].median().clamp_min(1e-12)))
+    kernel = kernel - kernel.mean(0, keepdim=True)
+    kernel = kernel - kernel.mean(1, keepdim=True)
+    scale = torch.sqrt(((kernel * kernel).sum() * (gram_y * gram_y).sum()).clamp_min(1e-24))
+    return float((kernel * gram_y).sum() / scale)
+
+
+def test_normalized_hsic_without_indexing_matches_the_indexed_one():
+    generator = torch.Generator().manual_seed(11)
+    for trial in range(30):
+        n = 3 + trial % 10
+        features = torch.randn(n, 6, generator=generator, dtype=torch.float64)
+        labels = torch.randint(-1, 2, (n, 3), generator=generator)
+        if trial % 3 == 0:
+            labels[: n // 2] = -1  # whole rows without a label
+        groups = torch.randint(-1, 3, (n,), generator=generator) if trial % 2 else None
+        got = float(normalized_hsic(features, labels, groups, 3 if groups is not None else None))
+        assert got == pytest.approx(_indexed_hsic(features, labels, groups, 3), abs=1e-6), trial

@@ -143,31 +143,35 @@ def normalized_hsic(
         raise ValueError(f"normalized_hsic needs features [N, P] and labels [N, A], got "
                          f"{tuple(features.shape)} and {tuple(labels.shape)}")
     with torch.autocast(device_type=features.device.type, enabled=False):
+        # Rows without a known label are weighted 0 instead of indexed away: no host sync.
         known = labels >= 0
-        rows = known.any(dim=1)
-        x = features.float()[rows]
-        if len(x) < 4:
-            return features.sum() * 0.0
-        mask = known[rows].float()
-        y = labels[rows].float() * mask
+        row = known.any(dim=1).float()
+        count = row.sum()
+        pair = row[:, None] * row[None, :]
+        x = features.float()
+        mask = known.float()
+        y = labels.float() * mask
         mean = y.sum(0) / mask.sum(0).clamp_min(1)
         y = y + (1 - mask) * mean
         if groups is not None:
-            y = _residualise(y, groups[rows], num_groups)
-        y = y - y.mean(0)
+            y = _residualise(y, torch.where(row > 0, groups, -1), num_groups)
+        y = (y - (row @ y / count.clamp_min(1))) * row[:, None]
         gram_y = y @ y.T
         squared = x.pow(2).sum(1)
         dist = (squared[:, None] + squared[None, :] - 2 * x @ x.T).clamp_min(0)
-        off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
-        bandwidth = dist.detach()[off].median().clamp_min(1e-12)
-        kernel = torch.exp(-dist / (2 * bandwidth))
-        kernel = kernel - kernel.mean(0, keepdim=True)
-        kernel = kernel - kernel.mean(1, keepdim=True)  # H K H
+        off = pair * (1 - torch.eye(len(x), device=x.device))
+        masked = torch.where(off > 0, dist.detach(), torch.full_like(dist, float("nan")))
+        bandwidth = torch.nan_to_num(masked.nanmedian(), nan=1.0).clamp_min(1e-12)
+        kernel = torch.exp(-dist / (2 * bandwidth)) * pair
+        n = count.clamp_min(1)
+        kernel = kernel - (row @ kernel / n)[None, :]  # H K H over the labelled rows
+        kernel = (kernel - (kernel @ row / n)[:, None]) * pair
         cross = (kernel * gram_y).sum()
         # Clamped inside the root: labels that do not vary within the batch (all one value, or
         # all centred away by the groups) give a zero product, whose sqrt has an infinite gradient.
         scale = torch.sqrt(((kernel * kernel).sum() * (gram_y * gram_y).sum()).clamp_min(1e-24))
-        return cross / scale
+        value = cross / scale
+        return torch.where(count >= 4, value, features.sum() * 0.0)
 
 
 @dataclass(frozen=True)
