@@ -188,6 +188,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result["status"] != Status.COMPLETED:
         errors.print(f"[red]trial {result['status']}:[/] {result['reason']}", soft_wrap=True)
         return 1
+    if "utility" not in result:  # another rank of a multi-process trial: rank 0 evaluates and reports
+        return 0
     console.print(
         f"utility {result['utility']:.3f} (raw {result['raw_utility']:.3f}), "
         f"leakage cMAP {result['leakage']:.3f} (raw {result['raw_leakage']:.3f}, chance "

@@ -7,6 +7,7 @@ from aam_search.trainer.losses import (
     LossWeights,
     latent_consistency,
     normalized_hsic,
+    masked_nt_xent,
     nt_xent,
     task_loss,
     total_loss,
@@ -225,3 +226,94 @@ def test_total_loss_adds_the_weighted_hsic_term():
     assert total_loss(one, one, one, weights).item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="hsic"):
         LossWeights(hsic=-1.0)
+
+
+# ---------------------------------------------------------------- masked_nt_xent
+
+
+def _boolean_indexed_nt_xent(z1, z2, mask, temperature):
+    """The objective's former L_B: boolean-mask indexing, 0 below two pairs."""
+    if int(mask.sum()) < 2:
+        return (z1.sum() + z2.sum()) * 0.0
+    return nt_xent(z1[mask], z2[mask], temperature)
+
+
+@pytest.mark.parametrize("kept", ["random", "none", "one", "all"])
+def test_masked_nt_xent_equals_the_boolean_indexed_loss(kept):
+    generator = torch.Generator().manual_seed(7)
+    for trial in range(20):
+        batch = 2 + trial % 9
+        z1 = torch.randn(batch, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+        z2 = torch.randn(batch, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+        mask = {"random": torch.rand(batch, generator=generator) < 0.6, "none": torch.zeros(batch, dtype=torch.bool),
+                "one": torch.arange(batch) == trial % batch, "all": torch.ones(batch, dtype=torch.bool)}[kept]
+        tau = 0.05 + 0.1 * (trial % 4)
+        expected = _boolean_indexed_nt_xent(z1, z2, mask, tau)
+        got = masked_nt_xent(z1, z2, mask, tau)
+        assert torch.isfinite(got)
+        assert abs(float(got.detach()) - float(expected.detach())) < 1e-6, (trial, kept)
+        grads = torch.autograd.grad(got, (z1, z2))
+        want = torch.autograd.grad(expected, (z1, z2), allow_unused=True)
+        for g, w in zip(grads, want):
+            torch.testing.assert_close(g, torch.zeros_like(g) if w is None else w, atol=1e-6, rtol=1e-6)
+
+
+def test_masked_nt_xent_in_float32_matches_within_1e_6():
+    generator = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(64, 16, generator=generator), torch.randn(64, 16, generator=generator)
+    mask = torch.rand(64, generator=generator) < 0.5
+    assert abs(float(masked_nt_xent(z1, z2, mask, 0.1)) - float(nt_xent(z1[mask], z2[mask], 0.1))) < 1e-6
+
+
+def test_masked_nt_xent_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="mask"):
+        masked_nt_xent(torch.randn(3, 4), torch.randn(3, 4), torch.ones(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="temperature"):
+        masked_nt_xent(torch.randn(3, 4), torch.randn(3, 4), torch.ones(3, dtype=torch.bool), temperature=0.0)
+
+
+def test_normalized_hsic_gradient_is_finite_when_the_labels_do_not_vary():
+    features = torch.randn(8, 4, requires_grad=True)
+    labels = torch.ones(8, 2)  # centred to zero: no dependence, and no NaN through the root
+    value = normalized_hsic(features, labels)
+    value.backward()
+    assert float(value.detach()) == 0.0 and torch.isfinite(features.grad).all()
+
+
+def _indexed_hsic(features, labels, groups=None, num_groups=None):
+    """normalized_hsic as it was: labelled rows indexed out on the host (one sync each)."""
+    from aam_search.trainer.losses import _residualise
+
+    known = labels >= 0
+    rows = known.any(dim=1)
+    x = features.double()[rows]
+    if len(x) < 4:
+        return 0.0
+    mask = known[rows].double()
+    y = labels[rows].double() * mask
+    y = y + (1 - mask) * (y.sum(0) / mask.sum(0).clamp_min(1))
+    if groups is not None:
+        y = _residualise(y, groups[rows], num_groups)
+    y = y - y.mean(0)
+    gram_y = y @ y.T
+    squared = x.pow(2).sum(1)
+    dist = (squared[:, None] + squared[None, :] - 2 * x @ x.T).clamp_min(0)
+    off = ~torch.eye(len(x), dtype=torch.bool)
+    kernel = torch.exp(-dist / (2 * dist[off].median().clamp_min(1e-12)))
+    kernel = kernel - kernel.mean(0, keepdim=True)
+    kernel = kernel - kernel.mean(1, keepdim=True)
+    scale = torch.sqrt(((kernel * kernel).sum() * (gram_y * gram_y).sum()).clamp_min(1e-24))
+    return float((kernel * gram_y).sum() / scale)
+
+
+def test_normalized_hsic_without_indexing_matches_the_indexed_one():
+    generator = torch.Generator().manual_seed(11)
+    for trial in range(30):
+        n = 3 + trial % 10
+        features = torch.randn(n, 6, generator=generator, dtype=torch.float64)
+        labels = torch.randint(-1, 2, (n, 3), generator=generator)
+        if trial % 3 == 0:
+            labels[: n // 2] = -1  # whole rows without a label
+        groups = torch.randint(-1, 3, (n,), generator=generator) if trial % 2 else None
+        got = float(normalized_hsic(features, labels, groups, 3 if groups is not None else None))
+        assert got == pytest.approx(_indexed_hsic(features, labels, groups, 3), abs=1e-6), trial

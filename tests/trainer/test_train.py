@@ -160,6 +160,9 @@ def test_result_json_holds_the_headline_numbers(adversarial_trial, small_cache):
     assert result["runtime"]["distributed_type"] == "NO"
     assert result["runtime"]["processes"] == 1
     assert "zero_stage" not in result["runtime"]
+    assert result["runtime"]["data_residency"] == "device"  # the tiny cache fits in memory
+    assert result["runtime"]["optimizer"] == "foreach" and result["runtime"]["compiled"] is False
+    assert timings["data_to_device_s"] >= 0
     # run_trial returns what it wrote.
     assert returned["status"] == "completed"
     assert returned["combined_score"] == result["combined_score"]

@@ -45,6 +45,9 @@ class LossConfig(_Strict):
     eraser: bool = Field(default=False, description="fit a linear (LEACE) eraser of the attr: labels after training")
 
 
+Residency = Literal["auto", "device", "streamed"]
+RESIDENT_FRACTION = 0.5  # of the free device (or host) memory that resident features may take
+
 DEFAULT_LR = 1e-3  # at DEFAULT_BATCH; see docs/decisions.md for the measurement
 DEFAULT_BATCH = 64
 
@@ -80,6 +83,11 @@ class OptimConfig(_Strict):
     grad_clip: float | None = Field(default=1.0, gt=0)
     head_pretrain_epochs: int = Field(default=30, ge=0, description="task heads on raw features first")
     head_lr: float = Field(default=1e-3, gt=0)
+    data_residency: Residency = Field(
+        default="auto", description="auto: features on the device when they fit in resident_fraction of its free "
+        "memory, else streamed (pinned, one batch ahead)")
+    resident_fraction: float = Field(default=RESIDENT_FRACTION, gt=0, le=1)
+    compile: bool = Field(default=False, description="torch.compile the adapter; its compile time goes in timings")
 
     @property
     def effective_lr(self) -> float:
@@ -149,6 +157,8 @@ class GuardConfig(_Strict):
 
     max_loss: float = Field(default=1e6, gt=0, description="|total loss| above this: diverged")
     max_lc: float = Field(default=1e3, gt=0, description="L_LC above this: adapter left the manifold")
+    check_every: int = Field(
+        default=50, ge=1, description="steps between the guard's host reads (one sync each); also at every epoch end")
 
 
 class TrialConfig(_Strict):

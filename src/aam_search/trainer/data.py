@@ -1,19 +1,28 @@
 """Training batches drawn from the memory-mapped feature cache.
 
 A batch item is one train video: a random one of its clips (for L_LC and L_T) and two of
-its static clips taken at different times (the positive pair of L_B). Rows gather from the
-mapped tensors per batch, so only the touched features are read from disk.
+its static clips taken at different times (the positive pair of L_B).
+
+:class:`DeviceBatches` draws them: indices are drawn vectorised with torch (CSR offsets of
+each video's rows plus one uniform draw per pick), on the device. The features either live
+on the device for the whole trial (``device``: fp16 on CUDA, float32 on CPU) or, when they
+do not fit, are gathered from the memory map per batch into pinned memory, one batch ahead
+(``streamed``).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from aam_search.features.cache import CacheError, FeatureCache
+from aam_search.trainer.config import RESIDENT_FRACTION, Residency
 
 
 @dataclass
@@ -99,33 +108,173 @@ class TrainingData:
     def batches(
         self, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1
     ) -> Iterator[Batch]:
-        """One epoch: every rank shuffles alike, then takes every ``world_size``-th batch."""
-        rng = np.random.default_rng([seed, epoch, rank])
-        order = np.random.default_rng([seed, epoch]).permutation(self.videos)
-        full = max(1, len(order) // batch_size)
-        for step in range(self.batches_per_epoch(batch_size, world_size)):
-            number = (step * world_size + rank) % full
-            yield self._gather(order[number * batch_size : (number + 1) * batch_size], rng)
+        """One epoch on the CPU (see :class:`DeviceBatches` for the draw)."""
+        return DeviceBatches(self, batch_size, seed=seed, rank=rank, world_size=world_size).epoch(epoch)
 
-    def _gather(self, videos: np.ndarray, rng: np.random.Generator) -> Batch:
-        cache = self.cache
-        clip_rows = np.array([rng.choice(self.clip_rows[v]) for v in videos])
-        static_a, static_b = [], []
-        for video in videos:
-            rows = self.static_rows[video]
-            if len(rows) >= 2:
-                first, second = rng.choice(len(rows), size=2, replace=False)
-                static_a.append(rows[first])
-                static_b.append(rows[second])
-            else:  # no pair: masked out of L_B; any row keeps the tensor shape
-                row = rows[0] if len(rows) else 0
-                static_a.append(row)
-                static_b.append(row)
-        return Batch(
-            clips=cache.clip_features[torch.from_numpy(clip_rows)].float(),
-            static_a=cache.static_features[torch.tensor(static_a)].float(),
-            static_b=cache.static_features[torch.tensor(static_b)].float(),
-            pair_mask=torch.from_numpy(self.has_pair[videos]),
-            targets=video_targets(cache, videos),
-            attrs=cache.labels("attrs")[torch.from_numpy(videos)],
-        )
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def choose_residency(needed_bytes: int, device: torch.device, requested: Residency = "auto",
+                     fraction: float = RESIDENT_FRACTION) -> tuple[str, str]:
+    """``(mode, why)``: ``device`` when the features fit in ``fraction`` of the free memory."""
+    if requested != "auto":
+        return requested, "as configured"
+    free = _free_bytes(device)
+    mode = "device" if needed_bytes <= fraction * free else "streamed"
+    return mode, f"{needed_bytes / 2**20:.1f} MiB of features, {fraction:g} x {free / 2**20:.0f} MiB free on {device}"
+
+
+def _seed_of(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _csr(rows_by_video: list[np.ndarray], videos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(global rows in video order, each video's offset, each video's count) for ``videos``."""
+    parts = [rows_by_video[v] for v in videos]
+    counts = torch.tensor([len(p) for p in parts], dtype=torch.long)
+    offsets = torch.cumsum(counts, 0) - counts
+    rows = torch.from_numpy(np.concatenate(parts).astype(np.int64)) if parts else torch.zeros(0, dtype=torch.long)
+    return rows, offsets, counts
+
+
+def _pick(uniform: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """floor(u * n), kept below n (float rounding) and at 0 for n = 0."""
+    return (uniform * counts).long().clamp(max=(counts - 1).clamp(min=0))
+
+
+class DeviceBatches:
+    """The batches of one rank of one trial, drawn on ``device`` with no host sync.
+
+    Deterministic per ``(seed, epoch, rank)``: every rank shuffles the videos alike (seeded
+    by ``(seed, epoch)``), then takes every ``world_size``-th batch; the clip and the static
+    pair of each video are drawn from the rank's own stream. ``draw(epoch, step)`` gives any
+    step; ``epoch(epoch)`` iterates one, a batch ahead when streamed.
+    """
+
+    def __init__(self, data: TrainingData, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu", residency: Residency = "auto",
+                 fraction: float = RESIDENT_FRACTION):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.rank, self.world_size = rank, max(1, world_size)
+        self.device = torch.device(device)
+        self.steps_per_epoch = data.batches_per_epoch(batch_size, self.world_size)
+        cache, videos = data.cache, data.videos
+        self.clip_rows, self.clip_offsets, self.clip_counts = _csr(data.clip_rows, videos)
+        self.static_rows, self.static_offsets, self.static_counts = _csr(data.static_rows, videos)
+        if len(self.static_rows) == 0:  # no static clip at all: any row keeps the shape (masked out)
+            self.static_rows = torch.zeros(1, dtype=torch.long)
+        half = self.device.type == "cuda"
+        self.feature_dtype = cache.clip_features.dtype if half else torch.float32
+        row_bytes = cache.tokens * cache.dim * torch.empty((), dtype=self.feature_dtype).element_size()
+        needed = (len(self.clip_rows) + len(self.static_rows)) * row_bytes
+        self.residency, self.residency_reason = choose_residency(needed, self.device, residency, fraction)
+        resident = self.residency == "device"
+        # Indices live where the features are gathered: on the device, or next to the memory map.
+        self.index_device = self.device if resident else torch.device("cpu")
+        on = lambda t: t.to(self.index_device)  # noqa: E731
+        self.clip_offsets, self.clip_counts = on(self.clip_offsets), on(self.clip_counts)
+        self.static_offsets, self.static_counts = on(self.static_offsets), on(self.static_counts)
+        index = torch.from_numpy(videos)
+        self.pair_mask = torch.from_numpy(data.has_pair[videos]).to(self.device)
+        self.targets = {k: v.to(self.device) for k, v in video_targets(cache, videos).items()}
+        self.attrs = cache.labels("attrs")[index].to(self.device)
+        self.clip_source = self.static_source = None
+        if resident:
+            self.clip_source = self._resident(cache.clip_features, self.clip_rows)
+            self.static_source = self._resident(cache.static_features, self.static_rows)
+        self._epoch: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self.copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" and not resident else None
+
+    def _resident(self, features: torch.Tensor, rows: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        out = torch.empty((len(rows), *features.shape[1:]), dtype=self.feature_dtype, device=self.device)
+        for start in range(0, len(rows), chunk):
+            out[start : start + chunk] = features[rows[start : start + chunk]].to(self.device, self.feature_dtype)
+        return out
+
+    def _draws(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The epoch's video order (alike on every rank) and this rank's uniforms [steps, B, 3]."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            device = self.index_device
+            shared = torch.Generator(device=device).manual_seed(_seed_of(self.seed, epoch))
+            order = torch.randperm(len(self.data.videos), generator=shared, device=device)
+            own = torch.Generator(device=device).manual_seed(_seed_of(self.seed, epoch, self.rank))
+            uniform = torch.rand((self.steps_per_epoch, self.batch_size, 3), generator=own, device=device)
+            self._epoch = (epoch, order, uniform)
+        return self._epoch[1], self._epoch[2]
+
+    def indices(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(video positions, clip rows, static rows a and b) of a step; rows index the CSR tables."""
+        order, uniform = self._draws(epoch)
+        full = max(1, len(order) // self.batch_size)
+        number = (step * self.world_size + self.rank) % full
+        videos = order[number * self.batch_size : (number + 1) * self.batch_size]
+        u = uniform[step, : len(videos)]
+        clip = self.clip_offsets[videos] + _pick(u[:, 0], self.clip_counts[videos])
+        count, offset = self.static_counts[videos], self.static_offsets[videos]
+        first = _pick(u[:, 1], count)
+        second = _pick(u[:, 2], (count - 1).clamp(min=0))
+        second = second + (second >= first).long()  # distinct from the first when count >= 2
+        paired = count >= 2
+        static_a = torch.where(count > 0, offset + first, 0)
+        static_b = torch.where(paired, offset + second, static_a)
+        return videos, clip, static_a, static_b
+
+    def draw(self, epoch: int, step: int) -> Batch:
+        if self.residency == "device":
+            videos, clip, static_a, static_b = self.indices(epoch, step)
+            features = (self.clip_source[clip], self.static_source[static_a], self.static_source[static_b])
+            return self._batch(videos, tuple(f.float() for f in features))
+        return self._assemble(*self._host_batch(epoch, step))
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        """The steps of one epoch; streamed, the next batch's host gather runs meanwhile."""
+        if self.residency == "device":
+            for step in range(self.steps_per_epoch):
+                yield self.draw(epoch, step)
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(self._host_batch, epoch, 0)
+            for step in range(self.steps_per_epoch):
+                host = ahead.result()
+                if step + 1 < self.steps_per_epoch:
+                    ahead = pool.submit(self._host_batch, epoch, step + 1)
+                yield self._assemble(*host)
+
+    def _batch(self, videos: torch.Tensor, features: tuple) -> Batch:
+        return Batch(*features, pair_mask=self.pair_mask[videos],
+                     targets={k: v[videos] for k, v in self.targets.items()}, attrs=self.attrs[videos])
+
+    def _host_batch(self, epoch: int, step: int) -> tuple[torch.Tensor, tuple]:
+        """A streamed step's rows, gathered from the memory map (pinned for a CUDA copy)."""
+        videos, clip, static_a, static_b = self.indices(epoch, step)
+        cache, pin = self.data.cache, self.device.type == "cuda"
+        host = []
+        for features, rows, picks in ((cache.clip_features, self.clip_rows, clip),
+                                      (cache.static_features, self.static_rows, static_a),
+                                      (cache.static_features, self.static_rows, static_b)):
+            gathered = features[rows[picks]]
+            host.append(gathered.pin_memory() if pin else gathered)
+        return videos, tuple(host)
+
+    def _assemble(self, videos: torch.Tensor, host: tuple) -> Batch:
+        if self.device.type != "cuda":
+            return self._batch(videos, tuple(t.float() for t in host))
+        # Copied on a side stream, so the copy overlaps the step still queued on the main one.
+        main = torch.cuda.current_stream(self.device)
+        self.copy_stream.wait_stream(main)
+        with torch.cuda.stream(self.copy_stream):
+            moved = [t.to(self.device, non_blocking=True) for t in (*host, videos.pin_memory())]
+        main.wait_stream(self.copy_stream)
+        for t in moved:
+            t.record_stream(main)
+        return self._batch(moved[-1], tuple(t.float() for t in moved[:-1]))
+
+    def describe(self) -> str:
+        return f"training data: {self.residency} ({self.residency_reason})"
+
+    def log(self) -> None:
+        print(self.describe(), file=sys.stderr, flush=True)

@@ -44,6 +44,35 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
     return F.cross_entropy(logits, positives)
 
 
+def masked_nt_xent(z1: Tensor, z2: Tensor, mask: Tensor, temperature: float = 0.1) -> Tensor:
+    """:func:`nt_xent` over the rows where ``mask`` is true, with no host sync: the same value
+    as ``nt_xent(z1[mask], z2[mask])`` when two or more rows are kept, else an exact 0.
+
+    Masked-out rows are neither anchors nor negatives (their columns are -inf); each kept
+    anchor's cross-entropy is multiplied by the mask and the sum divided by the clamped
+    count, so no boolean indexing or ``int(mask.sum())`` stops the device.
+    """
+    if z1.dim() != 2 or z1.shape != z2.shape or mask.shape != z1.shape[:1]:
+        raise ValueError(f"masked_nt_xent needs two [batch, dim] views and a [batch] mask, got "
+                         f"{tuple(z1.shape)}, {tuple(z2.shape)} and {tuple(mask.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    batch = z1.shape[0]
+    keep = torch.cat([mask, mask]).bool()
+    z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
+    logits = z @ z.T / temperature
+    self_mask = torch.eye(2 * batch, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask | ~keep[None, :], float("-inf"))
+    # A dropped anchor's row would be all -inf (NaN cross-entropy): any finite row does, weighted 0.
+    logits = torch.where(keep[:, None], logits, torch.zeros((), dtype=logits.dtype, device=z.device))
+    index = torch.arange(batch, device=z.device)
+    positives = torch.cat([index + batch, index])
+    per_anchor = F.cross_entropy(logits, positives, reduction="none")
+    weight = keep.to(per_anchor.dtype)
+    # One kept pair has only its positive left: its cross-entropy is exactly 0, as it should.
+    return (per_anchor * weight).sum() / weight.sum().clamp(min=1)
+
+
 def latent_consistency(adapted: Tensor, raw: Tensor) -> Tensor:
     """``||f_E(x) - f_A(f_E(x))||^2`` averaged over all elements; ``raw`` is a fixed target."""
     if adapted.shape != raw.shape:
@@ -114,29 +143,35 @@ def normalized_hsic(
         raise ValueError(f"normalized_hsic needs features [N, P] and labels [N, A], got "
                          f"{tuple(features.shape)} and {tuple(labels.shape)}")
     with torch.autocast(device_type=features.device.type, enabled=False):
+        # Rows without a known label are weighted 0 instead of indexed away: no host sync.
         known = labels >= 0
-        rows = known.any(dim=1)
-        x = features.float()[rows]
-        if len(x) < 4:
-            return features.sum() * 0.0
-        mask = known[rows].float()
-        y = labels[rows].float() * mask
+        row = known.any(dim=1).float()
+        count = row.sum()
+        pair = row[:, None] * row[None, :]
+        x = features.float()
+        mask = known.float()
+        y = labels.float() * mask
         mean = y.sum(0) / mask.sum(0).clamp_min(1)
         y = y + (1 - mask) * mean
         if groups is not None:
-            y = _residualise(y, groups[rows], num_groups)
-        y = y - y.mean(0)
+            y = _residualise(y, torch.where(row > 0, groups, -1), num_groups)
+        y = (y - (row @ y / count.clamp_min(1))) * row[:, None]
         gram_y = y @ y.T
         squared = x.pow(2).sum(1)
         dist = (squared[:, None] + squared[None, :] - 2 * x @ x.T).clamp_min(0)
-        off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
-        bandwidth = dist.detach()[off].median().clamp_min(1e-12)
-        kernel = torch.exp(-dist / (2 * bandwidth))
-        kernel = kernel - kernel.mean(0, keepdim=True)
-        kernel = kernel - kernel.mean(1, keepdim=True)  # H K H
+        off = pair * (1 - torch.eye(len(x), device=x.device))
+        masked = torch.where(off > 0, dist.detach(), torch.full_like(dist, float("nan")))
+        bandwidth = torch.nan_to_num(masked.nanmedian(), nan=1.0).clamp_min(1e-12)
+        kernel = torch.exp(-dist / (2 * bandwidth)) * pair
+        n = count.clamp_min(1)
+        kernel = kernel - (row @ kernel / n)[None, :]  # H K H over the labelled rows
+        kernel = (kernel - (kernel @ row / n)[:, None]) * pair
         cross = (kernel * gram_y).sum()
-        scale = torch.sqrt((kernel * kernel).sum() * (gram_y * gram_y).sum())
-        return cross / scale.clamp_min(1e-12)
+        # Clamped inside the root: labels that do not vary within the batch (all one value, or
+        # all centred away by the groups) give a zero product, whose sqrt has an infinite gradient.
+        scale = torch.sqrt(((kernel * kernel).sum() * (gram_y * gram_y).sum()).clamp_min(1e-24))
+        value = cross / scale
+        return torch.where(count >= 4, value, features.sum() * 0.0)
 
 
 @dataclass(frozen=True)
@@ -167,6 +202,7 @@ __all__ = [
     "UNLABELLED",
     "LossWeights",
     "latent_consistency",
+    "masked_nt_xent",
     "normalized_hsic",
     "nt_xent",
     "task_loss",

@@ -15,8 +15,8 @@ from torch.func import functional_call
 from aam_search.trainer.losses import (
     LossWeights,
     latent_consistency,
+    masked_nt_xent,
     normalized_hsic,
-    nt_xent,
     task_loss,
     total_loss,
 )
@@ -54,26 +54,24 @@ class AAMObjective(nn.Module):
         phase: str = "adapter",
         attrs: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        pairs = int(pair_mask.sum())
         if phase == "projector":
-            return self._projector_phase(static_a[pair_mask], static_b[pair_mask])
+            return self._projector_phase(static_a, static_b, pair_mask)
         batch = len(clips)
         # One adapter pass over the clip and both static views.
         adapted = self.adapter(torch.cat([clips, static_a, static_b]))
         adapted_clips = adapted[:batch]
         l_lc = latent_consistency(adapted_clips, clips)
         l_task, per_task = task_loss(self.heads(adapted_clips), targets, self.task_weights)
-        if pairs >= 2:
-            view_a = mean_pool(adapted[batch : 2 * batch][pair_mask])
-            view_b = mean_pool(adapted[2 * batch :][pair_mask])
-            if self.projector is not None:
-                # The adapter must not train the projector: it sees it with frozen weights.
-                frozen = {name: p.detach() for name, p in self.projector.named_parameters()}
-                view_a = functional_call(self.projector, frozen, (view_a,))
-                view_b = functional_call(self.projector, frozen, (view_b,))
-            l_privacy = nt_xent(view_a, view_b, self.temperature)
-        else:  # too few pairs for negatives: no privacy signal this step
-            l_privacy = adapted.sum() * 0.0
+        # Every row goes through; the mask keeps unpaired videos out of L_B (exactly 0 with
+        # fewer than two pairs: no negatives, no privacy signal this step). No host sync.
+        view_a = mean_pool(adapted[batch : 2 * batch])
+        view_b = mean_pool(adapted[2 * batch :])
+        if self.projector is not None:
+            # The adapter must not train the projector: it sees it with frozen weights.
+            frozen = {name: p.detach() for name, p in self.projector.named_parameters()}
+            view_a = functional_call(self.projector, frozen, (view_a,))
+            view_b = functional_call(self.projector, frozen, (view_b,))
+        l_privacy = masked_nt_xent(view_a, view_b, pair_mask, self.temperature)
         hsic = self._hsic(adapted, batch, attrs, targets) if self.weights.hsic > 0 else {}
         loss = total_loss(l_lc, l_task, l_privacy, self.weights, hsic.get("l_hsic"))
         out = {"loss": loss, "l_lc": l_lc, "l_task": l_task, "l_privacy": l_privacy, **hsic}
@@ -94,16 +92,12 @@ class AAMObjective(nn.Module):
         static = normalized_hsic(pooled[batch:], both(attrs), both(groups), num_groups)
         return {"l_hsic": (clip + static) / 2, "l_hsic/clip": clip, "l_hsic/static": static}
 
-    def _projector_phase(self, static_a: Tensor, static_b: Tensor) -> dict[str, Tensor]:
+    def _projector_phase(self, static_a: Tensor, static_b: Tensor, pair_mask: Tensor) -> dict[str, Tensor]:
         if self.projector is None:
             raise RuntimeError("projector phase needs the adversarial privacy objective")
         with torch.no_grad():
             adapted = self.adapter(torch.cat([static_a, static_b]))
-        pooled = mean_pool(adapted)
-        projected = self.projector(pooled)
+        projected = self.projector(mean_pool(adapted))
         half = len(static_a)
-        if half < 2:
-            loss = projected.sum() * 0.0
-        else:
-            loss = nt_xent(projected[:half], projected[half:], self.temperature)
+        loss = masked_nt_xent(projected[:half], projected[half:], pair_mask, self.temperature)
         return {"loss": loss, "l_projector": loss.detach()}

@@ -1,17 +1,15 @@
-"""The AAM training recipe: one trial, ``setup -> pretrain_heads -> train -> evaluate -> save``.
+"""The AAM training recipe: one trial, ``setup -> pretrained_heads -> train -> evaluate -> save``.
 
 Run as ``aam-search train --config trial.yaml --out DIR``, directly or under ``accelerate
 launch``. Accelerate handles devices, DDP and bf16; a DeepSpeed config in the trial adds
-ZeRO through Accelerate's DeepSpeed plugin (the visible addition in ``make_accelerator``).
+ZeRO through Accelerate's DeepSpeed plugin (the visible addition in ``runtime.make_accelerator``).
 The trial reports only through files in DIR (see ``reporter``); only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -25,16 +23,19 @@ from aam_search.protocol import ADAPTER_FILE, FAILURE_KIND, INPUT_FAILURE, RETRY
 from aam_search.trainer.baseline import ci_warnings, cotrained_tasks, evaluate_features, raw_baseline, summarize
 from aam_search.trainer.checkpoint import save_checkpoint
 from aam_search.trainer.config import TrialConfig
-from aam_search.trainer.data import TrainingData
+from aam_search.trainer.data import DeviceBatches, TrainingData
 from aam_search.trainer.eraser import LinearEraser, fit_eraser
 from aam_search.trainer.feature_eval import Transform, pooled
-from aam_search.trainer.heads import cotrained_accuracy, pretrain_heads
+from aam_search.trainer.guard import DeviceLosses
+from aam_search.trainer.head_cache import pretrained_heads
+from aam_search.trainer.heads import cotrained_accuracy
 from aam_search.trainer.label_needs import check_attr_labels, objectives_needing_labels
 from aam_search.trainer.losses import LossWeights
 from aam_search.trainer.model import PrivacyProjector, TaskHeads, build_adapter, count_parameters
 from aam_search.trainer.objective import AAMObjective
 from aam_search.trainer.reporter import TrialReporter
 from aam_search.trainer.rung_eval import rung_epoch_end
+from aam_search.trainer.runtime import make_accelerator, make_adamw, parameter_digest
 
 
 class TrialStopped(Exception):
@@ -49,51 +50,6 @@ class TrialStopped(Exception):
         self.status, self.reason = status, reason
         self.retryable = status == Status.TERMINATED
         self.fields = fields or {}  # more result.json fields (a pruned stop's rung)
-
-
-def make_accelerator(config: TrialConfig):
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    use_cuda = torch.cuda.is_available()
-    kwargs: dict[str, Any] = {
-        # On CPU every rank would otherwise think it is the main one; DeepSpeed brings its
-        # own CPU accelerator, and cpu=True would silently drop its plugin.
-        "cpu": not use_cuda and config.deepspeed is None,
-        "mixed_precision": "bf16" if use_cuda else "no",
-        # The projector phase leaves the adapter without gradients.
-        "kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)],
-    }
-    if config.deepspeed is not None:
-        from accelerate.utils import DeepSpeedPlugin
-
-        _single_process_env()
-        plugin = DeepSpeedPlugin(hf_ds_config=str(config.deepspeed))
-        ds = plugin.deepspeed_config
-        # "auto" values are normally filled from a DataLoader; ours is a custom sampler.
-        ds["train_micro_batch_size_per_gpu"] = config.optim.batch_size
-        ds.setdefault("gradient_accumulation_steps", 1)
-        if ds.get("gradient_accumulation_steps") == "auto":
-            ds["gradient_accumulation_steps"] = 1
-        if ds.get("gradient_clipping", "auto") == "auto":
-            ds["gradient_clipping"] = config.optim.grad_clip or 0.0
-        ds.pop("train_batch_size", None)
-        kwargs["deepspeed_plugin"] = plugin
-    return Accelerator(**kwargs)
-
-
-def _single_process_env() -> None:
-    """Run directly (not under a launcher), DeepSpeed would look for MPI to find its rank:
-    describe a world of one process instead, on a free loopback port."""
-    if "RANK" in os.environ:
-        return
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
 
 
 def fit_train_eraser(cache: FeatureCache, transform: Transform) -> LinearEraser:
@@ -156,8 +112,9 @@ class AAMRecipe:
         self.timings["setup_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        pretrain_heads(self.heads, self.cache, epochs=config.optim.head_pretrain_epochs,
-                       lr=config.optim.head_lr, seed=config.seed)
+        self.heads_source = pretrained_heads(
+            self.heads, self.cache, epochs=config.optim.head_pretrain_epochs, lr=config.optim.head_lr,
+            seed=config.seed, store=self.accelerator.is_main_process)
         self.timings["head_pretrain_s"] = time.perf_counter() - started
 
         loss = config.loss
@@ -169,8 +126,21 @@ class AAMRecipe:
         groups = [{"params": [*self.adapter.parameters(), *self.heads.parameters()], "name": "adapter"}]
         if projector is not None:
             groups.append({"params": list(projector.parameters()), "name": "projector"})
-        optimizer = torch.optim.AdamW(groups, lr=config.optim.effective_lr, weight_decay=config.optim.weight_decay)
+        optimizer = make_adamw(groups, config.optim, self.accelerator.device)
+        self.optimizer_kind = "fused" if optimizer.defaults.get("fused") else "foreach"
+        if config.optim.compile:
+            self.adapter.compile()  # in place: parameter names and the checkpoint stay as they are
         self.model, self.optimizer = self.accelerator.prepare(self.objective, optimizer)
+
+        started = time.perf_counter()
+        accelerator = self.accelerator
+        self.batches = DeviceBatches(self.data, config.optim.batch_size, seed=config.seed,
+                                     rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                     device=accelerator.device, residency=config.optim.data_residency,
+                                     fraction=config.optim.resident_fraction)
+        if accelerator.is_main_process:
+            self.batches.log()
+        self.timings["data_to_device_s"] = time.perf_counter() - started
 
     # ------------------------------------------------------------------ train
     def _on_sigterm(self, signum: int, frame: Any) -> None:
@@ -178,34 +148,37 @@ class AAMRecipe:
 
     def train(self) -> None:
         config, accelerator = self.config, self.accelerator
-        optim = config.optim
         budget = self.budget
         steps_per_epoch = budget.steps_per_epoch
         adversarial = config.loss.privacy_objective == "adversarial"
         phases = ("projector", "adapter") if adversarial else ("adapter",)
+        check_every = config.guard.check_every
+        losses = DeviceLosses(config.guard, accelerator.device)
         step = 0
         train_started = time.perf_counter()
         for epoch in range(budget.epochs):
             epoch_started = time.perf_counter()
-            sums: dict[str, float] = {}
             samples = 0
             self.model.train()
-            for batch in self.data.batches(optim.batch_size, seed=config.seed, epoch=epoch,
-                                           rank=accelerator.process_index,
-                                           world_size=accelerator.num_processes):
-                batch = batch.to(accelerator.device)
-                lr = lr_at(step, budget.total_steps, budget.warmup_steps, optim.effective_lr)
+            for batch in self.batches.epoch(epoch):
+                lr = lr_at(step, budget.total_steps, budget.warmup_steps, config.optim.effective_lr)
+                timed = config.optim.compile and step == 0
+                step_losses: dict[str, torch.Tensor] = {}
                 for phase in phases:
-                    losses = self._step(batch, phase, lr)
-                    for name, value in losses.items():
-                        sums[name] = sums.get(name, 0.0) + value
-                self._check(losses, epoch, step)
+                    step_losses.update(self._step(batch, phase, lr))
+                losses.add(step_losses, step)  # on the device: no sync
+                if timed:  # the first step compiles the adapter
+                    self._sync()
+                    self.timings["compile_s"] = time.perf_counter() - epoch_started
                 samples += len(batch) * accelerator.num_processes
                 step += 1
+                if step % check_every == 0:
+                    self._check(losses, epoch, step - 1)
                 if self.stop_signal:
                     raise TrialStopped("terminated", f"received {self.stop_signal} in epoch {epoch}")
+            self._check(losses, epoch, step - 1)
+            metrics = losses.epoch_means(steps_per_epoch)  # the epoch's one read of the loss terms
             seconds = time.perf_counter() - epoch_started
-            metrics = {name: value / steps_per_epoch for name, value in sums.items()}
             metrics.update(epoch=epoch, lr=lr, seconds=seconds, samples_per_s=samples / seconds)
             self.reporter.epoch(metrics)
             self.epochs_done = epoch + 1
@@ -213,8 +186,16 @@ class AAMRecipe:
             if pruned is not None:
                 raise TrialStopped(Status.PRUNED, f"pruned after epoch {epoch + 1}: {pruned['pruned_reason']}", pruned)
         self.timings["train_s"] = time.perf_counter() - train_started
+        if accelerator.num_processes > 1:  # DDP keeps ranks in step; the log shows they stayed so
+            print(f"rank {accelerator.process_index}: trained parameters sha256 "
+                  f"{parameter_digest(accelerator.unwrap_model(self.model))}", file=sys.stderr, flush=True)
 
-    def _step(self, batch, phase: str, lr: float) -> dict[str, float]:
+    def _sync(self) -> None:
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.synchronize(self.accelerator.device)
+
+    def _step(self, batch, phase: str, lr: float) -> dict[str, torch.Tensor]:
+        """One optimizer step of ``phase``; its loss terms come back detached, on the device."""
         for group in self.optimizer.param_groups:
             # Alternating min-max: only the phase's own parameter group moves.
             active = group.get("name", "adapter") == phase
@@ -227,26 +208,15 @@ class AAMRecipe:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
         self.optimizer.step()
         name = "loss" if phase == "adapter" else "l_projector"
-        values = {key: float(value.detach()) for key, value in out.items() if key != "loss"}
-        values[name] = float(out["loss"].detach())
+        values = {key: value.detach() for key, value in out.items() if key != "loss"}
+        values[name] = out["loss"].detach()
         return values
 
-    def _check(self, losses: dict[str, float], epoch: int, step: int) -> None:
-        guard = self.config.guard
-        flags = torch.tensor(
-            [
-                not all(math.isfinite(v) for v in losses.values()),
-                abs(losses.get("loss", 0.0)) > guard.max_loss or losses.get("l_lc", 0.0) > guard.max_lc,
-            ],
-            dtype=torch.float32,
-            device=self.accelerator.device,
-        )
-        flags = self.accelerator.reduce(flags, reduction="sum")  # every rank stops together
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(losses.items()))
-        if flags[0] > 0:
-            raise TrialStopped("failed", f"non-finite loss in epoch {epoch}, step {step} ({shown})")
-        if flags[1] > 0:
-            raise TrialStopped("diverged", f"loss diverged in epoch {epoch}, step {step} ({shown})")
+    def _check(self, losses: DeviceLosses, epoch: int, step: int) -> None:
+        """The guard's host read; every rank takes part (a reduce), so all stop together."""
+        stop = losses.check(epoch, step, lambda flags: self.accelerator.reduce(flags, reduction="sum"))
+        if stop is not None:
+            raise TrialStopped(*stop)
 
     # ------------------------------------------------------------------ evaluate and save
     def evaluate(self) -> dict[str, Any]:
@@ -294,6 +264,9 @@ class AAMRecipe:
             "processes": accelerator.num_processes,
             "device": str(accelerator.device),
             "mixed_precision": accelerator.mixed_precision,
+            "data_residency": self.batches.residency,
+            "optimizer": self.optimizer_kind,
+            "compiled": self.config.optim.compile,
         }
         if hasattr(self.model, "zero_optimization_stage"):  # a DeepSpeed engine
             runtime["zero_stage"] = int(self.model.zero_optimization_stage())
@@ -364,7 +337,8 @@ class AAMRecipe:
                 failure_kind: str | None = None, retryable: bool = True) -> dict[str, Any]:
         self.timings["total_s"] = time.perf_counter() - started
         result = {"status": status, "reason": reason, FAILURE_KIND: failure_kind, RETRYABLE: retryable,
-                  "epochs_done": self.epochs_done, "timings": self.timings, **metrics}
+                  "epochs_done": self.epochs_done, "timings": self.timings,
+                  "heads": getattr(self, "heads_source", None), **metrics}
         reporter = getattr(self, "reporter", None) or TrialReporter(self.out_dir)
         reporter.result(status, reason, **{k: v for k, v in result.items() if k not in ("status", "reason")})
         return result
