@@ -96,6 +96,8 @@ class StudyConfig(BaseModel):
     enqueue: list[dict[str, Any]] = Field(default_factory=list, description="points to try first")
     max_parallel: int = Field(default=1, ge=1, description="concurrent trials on CPU")
     gpus_per_trial: int = Field(default=1, ge=1)
+    stack: int = Field(default=1, ge=1, description="trials trained as one vmapped model in one process "
+                       "when the space varies only per-trial scalars (search/stacking.py)")
     trial_timeout_s: float = Field(default=3600, gt=0)
     max_retries: int = Field(default=1, ge=0, description="re-runs of a trial that crashed or timed out")
     heartbeat_interval_s: int = Field(default=10, ge=1)

@@ -32,6 +32,7 @@ from aam_search.search.pareto import hypervolume, objective_value, pareto_front,
 from aam_search.search.record import BASELINE_ATTR, CONFIG_ATTR, HYPERVOLUME_ATTR, hypervolume_history
 from aam_search.search.recovery import Verdict, keep_result
 from aam_search.search.shown import result_attrs
+from aam_search.search.stacking import Stacker
 from aam_search.search.storage import StorageError
 from aam_search.search.study import (
     ATTEMPT,
@@ -76,6 +77,7 @@ class Orchestrator:
         self.stopping: str | None = None  # a signal's name: stop the trials, queue them again
         self.halted: str | None = None  # a shared input is gone: stop the study with this reason
         self.hooks: list[Callable[[str, dict[str, Any]], None]] = []  # e.g. MLflow tracking
+        self.stacker = Stacker()  # one trial per process unless prepare() plans a stack
 
     # ------------------------------------------------------------------ preparation
     def prepare(self) -> None:
@@ -110,6 +112,7 @@ class Orchestrator:
         gpus = detect_gpus()
         self.devices = DevicePool(gpus=gpus, gpus_per_trial=config.gpus_per_trial,
                                   max_parallel=config.max_parallel, base_port=config.base_port)
+        self.stacker = Stacker.plan(self, trial_out_dir)
         self._emit("prepared", {"cache": str(self.cache.path), "baseline": self.baseline, "gpus": gpus})
 
     def _check_label_needs(self) -> None:
@@ -230,7 +233,7 @@ class Orchestrator:
             self.study._storage.record_heartbeat(trial._trial_id)
             if not admit(self.study, trial, self.config.n_trials):
                 return
-            self._launch(trial)
+            self.stacker.fill(self, trial)  # this trial alone, or with more asked beside it
 
     def _launch(self, trial: optuna.Trial) -> None:
         try:
