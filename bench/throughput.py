@@ -224,11 +224,9 @@ def main() -> None:
     out.update(one_at_a_time_s=round(single_s, 1), s_per_trial_b=round(single_s / n_trials, 2),
                trials_per_h_b=round(3600 * n_trials / single_s, 1), eval_s=round(per_trial_eval, 2))
     print(f"(b) {n_trials} trials one at a time: {single_s:.1f} s", flush=True)
-    for parallel in [int(p) for p in args.parallel.split(",") if p]:
-        seconds, _ = run_study(cache, args.workdir, f"parallel-{parallel}", scale["trial"], n_trials, parallel=parallel)
-        out[f"trials_per_h_c{parallel}"] = round(3600 * n_trials / seconds, 1)
-        print(f"(c) {parallel} processes at once: {seconds:.1f} s", flush=True)
-
+    stacked_s, _ = run_study(cache, args.workdir, "stacked", scale["trial"], n_trials, stack=n_trials)
+    out.update(stacked_study_s=round(stacked_s, 1), stacked_speedup=round(single_s / stacked_s, 2))
+    print(f"(d) {n_trials} trials stacked in one process: {stacked_s:.1f} s", flush=True)
     for k in [int(k) for k in args.stacks.split(",") if k]:
         step = stacked_step(config, cache, device, k, steps=3 if args.smoke else 20)
         per_trial = (step["step_s"] * budget.total_steps) / k + per_trial_eval + max(0.0, overhead) / k
@@ -238,9 +236,11 @@ def main() -> None:
         print(f"(d) K={k}: step {step['step_s'] * 1e3:.1f} ms, {per_trial:.2f} s per trial with evaluation, "
               f"peak {step['peak_mib']:.0f} MiB", flush=True)
 
-    stacked_s, _ = run_study(cache, args.workdir, "stacked", scale["trial"], n_trials, stack=n_trials)
-    out.update(stacked_study_s=round(stacked_s, 1), stacked_speedup=round(single_s / stacked_s, 2))
-    print(f"(d) {n_trials} trials stacked in one process: {stacked_s:.1f} s", flush=True)
+    for parallel in [int(p) for p in args.parallel.split(",") if p]:
+        seconds, _ = run_study(cache, args.workdir, f"parallel-{parallel}", scale["trial"], n_trials, parallel=parallel)
+        out[f"trials_per_h_c{parallel}"] = round(3600 * n_trials / seconds, 1)
+        print(f"(c) {parallel} processes at once: {seconds:.1f} s", flush=True)
+
     print(" ".join(f"{key}={value}" for key, value in out.items()))
 
 

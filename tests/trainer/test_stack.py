@@ -116,3 +116,13 @@ def test_masked_nt_xent_is_nt_xent_on_the_kept_rows():
 def test_memory_cap_keeps_at_least_one_member():
     assert memory_cap(per_member=100, available=1000, fraction=0.5) == 5
     assert memory_cap(per_member=10**12, available=1000) == 1
+
+
+def test_a_stack_larger_than_memory_is_cut_with_a_warning_not_an_oom(small_cache, tmp_path, monkeypatch, capsys):
+    import aam_search.trainer.stack_recipe as recipe
+
+    monkeypatch.setattr(recipe, "available_bytes", lambda device: 1)  # room for one member at a time
+    configs = [_config(small_cache, seed=i) for i in range(2)]
+    results = run_stack(configs, [tmp_path / "a", tmp_path / "b"])
+    assert [r["status"] for r in results] == [Status.COMPLETED] * 2
+    assert "stack of 2 cut to stacks of 1" in capsys.readouterr().err
