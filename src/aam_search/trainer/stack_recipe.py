@@ -72,7 +72,13 @@ class StackRecipe:
         try:
             ready = [i for i in range(len(self.members)) if self._setup(i, started)]
             for chunk in self._chunks(ready):
-                self._train(chunk)
+                try:
+                    self._train(chunk)
+                except Exception as error:  # the stack itself broke: each member says so in its folder
+                    for i in chunk:
+                        if i not in self.outcome:
+                            self._fail(i, Status.FAILED, f"{type(error).__name__} in the stacked step: {error}",
+                                       started, failure_kind=self.members[i]._failure_kind(error))
             for i in ready:
                 if i not in self.outcome:
                     metrics[i] = self._finish(i, started)
