@@ -199,6 +199,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_stack(args: argparse.Namespace) -> int:
+    """Exit 0 once every member wrote its result.json (each says its own status): a diverged
+    member is that trial's outcome, not the process's failure."""
+    from aam_search.trainer.config import load_trial_config
+    from aam_search.trainer.stack_recipe import run_stack
+
+    results = run_stack([load_trial_config(c) for c in args.config], [Path(o) for o in args.out])
+    for out, result in zip(args.out, results):
+        line = f"{out}: {result['status']}" + (f" ({result['reason']})" if result.get("reason") else "")
+        (console if result["status"] == Status.COMPLETED else errors).print(line, soft_wrap=True)
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from aam_search.demo import run_demo
@@ -278,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="trial YAML")
     train.add_argument("--out", required=True, help="trial folder for trial.json, metrics.jsonl, ...")
     train.set_defaults(func=cmd_train)
+    stack = sub.add_parser("train-stack", help="run K stackable trials as one vmapped model in one process")
+    stack.add_argument("--config", required=True, action="append", help="trial YAML (once per member)")
+    stack.add_argument("--out", required=True, action="append", help="trial folder (once per member, in order)")
+    stack.set_defaults(func=cmd_train_stack)
 
     add_study_commands(sub)
     add_tracking_commands(sub)

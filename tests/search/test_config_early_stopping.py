@@ -22,6 +22,7 @@ def test_off_by_default_and_accepted():
     ({"early_stopping": {"min_epochs": 20}}, "early_stopping.min_epochs"),
     ({"early_stopping": {"min_epochs": 5}, "trial": {"optim": {"epochs": 5}}}, "trial.optim.epochs = 5"),
     ({"early_stopping": {}, "sampler": "grid", "space": "paper"}, "grid sampler"),
+    ({"early_stopping": {}, "stack": 4}, "stack: 4"),
 ])
 def test_bad_early_stopping_names_the_field(changes, words):
     with pytest.raises(ConfigError) as caught:

@@ -112,6 +112,8 @@ class DevicePool:
         return self.free.pop(0) if self.free else None
 
     def give_back(self, slot: Slot) -> None:
+        if slot in self.free:  # the members of one stacked process each hand back its one slot
+            return
         self.free.append(slot)
         self.free.sort(key=lambda s: s.port)
 
@@ -184,8 +186,11 @@ def _tail(path: Path, lines: int = 5) -> str:
         return "(no log)"
 
 
-def trial_command(config_path: Path, out_dir: Path, slot: Slot, deepspeed: bool) -> list[str]:
-    train = ["-m", "aam_search.cli", "train", "--config", str(config_path), "--out", str(out_dir)]
+def trial_command(config_path: Path, out_dir: Path, slot: Slot, deepspeed: bool,
+                  train_args: list[str] | None = None) -> list[str]:
+    """The trial's command line; ``train_args`` replace ``train --config --out`` (a stack)."""
+    train = ["-m", "aam_search.cli",
+             *(train_args or ["train", "--config", str(config_path), "--out", str(out_dir)])]
     if not slot.gpus and not deepspeed:
         return [sys.executable, *train]
     launch = [sys.executable, "-m", "accelerate.commands.launch",
@@ -201,9 +206,22 @@ def trial_command(config_path: Path, out_dir: Path, slot: Slot, deepspeed: bool)
 
 
 def start_trial(number: int, config: dict[str, Any], out_dir: Path, slot: Slot, timeout_s: float) -> RunningTrial:
+    config_path = write_trial_config(config, out_dir)
+    log = open(out_dir / LOG_FILE, "ab")
+    command = trial_command(config_path, out_dir, slot, deepspeed=bool(config.get("deepspeed")))
+    process = spawn_trial(command, log, slot)
+    return RunningTrial(number, out_dir, process, slot, time.time(), timeout_s, log)
+
+
+def write_trial_config(config: dict[str, Any], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / CONFIG_FILE
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return config_path
+
+
+def spawn_trial(command: list[str], log: Any, slot: Slot) -> subprocess.Popen:
+    """Start a trial process on ``slot`` writing to ``log`` (closed here if it cannot start)."""
     env = clean_environment()
     env["OMP_NUM_THREADS"] = str(slot.threads)
     env["PYTHONUNBUFFERED"] = "1"
@@ -211,12 +229,10 @@ def start_trial(number: int, config: dict[str, Any], out_dir: Path, slot: Slot, 
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in slot.gpus)
     else:
         env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU slot must not grab a GPU
-    log = open(out_dir / LOG_FILE, "ab")
-    command = trial_command(config_path, out_dir, slot, deepspeed=bool(config.get("deepspeed")))
     try:
         log.write(f"$ {' '.join(command)}\n".encode())
         log.flush()
-        process = subprocess.Popen(
+        return subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,  # its own process group: stopping it stops its ranks too
             preexec_fn=_parent_death_signal(),  # and it dies with this process
@@ -224,4 +240,3 @@ def start_trial(number: int, config: dict[str, Any], out_dir: Path, slot: Slot, 
     except BaseException:
         log.close()
         raise
-    return RunningTrial(number, out_dir, process, slot, time.time(), timeout_s, log)

@@ -95,6 +95,8 @@ class StudyConfig(BaseModel):
     enqueue: list[dict[str, Any]] = Field(default_factory=list, description="points to try first")
     max_parallel: int = Field(default=1, ge=1, description="concurrent trials on CPU")
     gpus_per_trial: int = Field(default=1, ge=1)
+    stack: int = Field(default=1, ge=1, description="trials trained as one vmapped model in one process "
+                       "when the space varies only per-trial scalars (search/stacking.py)")
     trial_timeout_s: float = Field(default=3600, gt=0)
     max_retries: int = Field(default=1, ge=0, description="re-runs of a trial that crashed or timed out")
     heartbeat_interval_s: int = Field(default=10, ge=1)
@@ -135,6 +137,9 @@ class StudyConfig(BaseModel):
         if self.sampler == "grid":
             raise ValueError("early_stopping: the grid sampler runs every point to the end; drop "
                              "early_stopping or choose another sampler")
+        if self.stack > 1:  # the stacked recipe has no rung hook yet: refuse rather than never prune
+            raise ValueError(f"early_stopping with stack: {self.stack}: stacked trials do not evaluate at rungs "
+                             "yet; set stack: 1 or drop early_stopping")
         optim = self.trial.get("optim")
         epochs = optim.get("epochs", DEFAULT_TRIAL_EPOCHS) if isinstance(optim, dict) else DEFAULT_TRIAL_EPOCHS
         if isinstance(epochs, int) and stopping.min_epochs >= epochs:

@@ -50,6 +50,7 @@ from aam_search.search.record import (STALE_REASON, append_hypervolume, attempt_
                                       write_launch, write_reason, write_study)
 from aam_search.search.recovery import check_result, keep_result
 from aam_search.search.rungs import on_rung, tell_pruned, with_rungs
+from aam_search.search.stacking import Stacker
 from aam_search.search.storage import StorageError
 from aam_search.search.study import (
     admit,
@@ -95,6 +96,7 @@ class Orchestrator:
         self.halted: str | None = None  # a shared input is gone: stop the study with this reason
         self.dispatcher = Dispatcher(callbacks, clean=lambda text: scrub(text, config.storage_url))
         self.callbacks = self.dispatcher.callbacks  # add more before run()
+        self.stacker = Stacker()  # one trial per process unless prepare() plans a stack
 
     # ------------------------------------------------------------------ preparation
     def prepare(self) -> None:
@@ -116,6 +118,7 @@ class Orchestrator:
         gpus = detect_gpus()
         self.devices = DevicePool(gpus=gpus, gpus_per_trial=config.gpus_per_trial,
                                   max_parallel=config.max_parallel, base_port=config.base_port)
+        self.stacker = Stacker.plan(self, trial_out_dir)
         self._emit(StudyPrepared(study=self.study, objectives=tuple(config.objectives), space=self.space,
                                  base_trial=self.base_trial, baseline=self.baseline, cache=str(self.cache.path),
                                  gpus=tuple(gpus), worker=self.worker))
@@ -230,7 +233,7 @@ class Orchestrator:
             private.storage_of(self.study).record_heartbeat(private.trial_id(trial))
             if not admit(self.study, trial, self.config.n_trials):
                 return
-            self._launch(trial)
+            self.stacker.fill(self, trial)  # this trial alone, or with more asked beside it
 
     def _launch(self, trial: optuna.Trial) -> None:
         try:

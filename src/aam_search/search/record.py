@@ -269,6 +269,9 @@ def trial_summary(trial: FrozenTrial, objectives: Sequence[str] = (), *, on_fron
     )
 
 
+STACK_ATTR = "aam:stack"  # trial attr: the trial numbers that ran in one process with this one
+
+
 # MO-ASHA rung records (search/rungs.py), one trial user attr per rung: ``aam:rung:<epoch>``
 # holds {"values": [one per objective], "continued": bool}. In the study storage, so every
 # worker decides from the same records.

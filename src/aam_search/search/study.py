@@ -69,7 +69,9 @@ def make_sampler(config: StudyConfig, grid: dict[str, list] | None) -> optuna.sa
     seed = config.seed
     name = config.sampler
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, config.n_trials // 3)))
+        # Stacked trials are asked together: the liar keeps TPE from proposing one point K times.
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, config.n_trials // 3)),
+                                          constant_liar=config.stack > 1)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, config.n_trials // 3)))
     if name == "nsga3":

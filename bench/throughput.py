@@ -1,0 +1,248 @@
+"""Throughput: how many trials an accelerator (or this CPU) finishes per hour, four ways.
+
+  (a) the physical limit: a sync-free AAM training step on device-resident tensors (fused
+      AdamW, one sync at the end), and the adapter step's GEMM TFLOP/s;
+  (b) one trial at a time, as the orchestrator runs trials today (a study, stack 1);
+  (c) concurrent trial processes on one device: 2 and 4 (``max_parallel`` on CPU; on one GPU
+      the same processes share it);
+  (d) stacked trials, K = 1, 2, 4, 8, 16, 32: the stacked step's time and peak memory, then
+      trials per hour and seconds per trial with evaluation included (training from the
+      stacked step, evaluation and set-up from the measured single trial); and a real
+      stacked study, whose wall time against (b) is ``stacked_speedup``.
+
+Features are random tensors of the right shapes in a real cache folder, so no dataset is
+needed: paper scale is an HMDB51-like cache (3.2k train videos, L=8, D=768, batch 512, a
+3-layer 8-head adapter, 100 epochs); ``--smoke`` is the demo's scale (240 videos, its trial
+settings) and fits in 3 minutes on a 2-core CPU. The last line is ``key=value`` pairs.
+
+    .venv/bin/python bench/throughput.py --smoke --workdir work/bench-throughput
+    .venv/bin/python bench/throughput.py --workdir work/bench-throughput   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from aam_search.features.cache import CACHE_FORMAT_VERSION, FEATURES_FILE, LABELS_FILE, META_FILE, FeatureCache
+from aam_search.features.cache import file_records, write_json_atomic
+from aam_search.search.config import StudyConfig
+from aam_search.search.orchestrator import Orchestrator
+from aam_search.trainer.config import TrialConfig
+from aam_search.trainer.data import TrainingData
+from aam_search.trainer.losses import LossWeights
+from aam_search.trainer.model import AdapterConfig, TaskHeads, build_adapter, count_parameters
+from aam_search.trainer.objective import AAMObjective
+from aam_search.trainer.stack import StackedAAM, member_bytes
+
+SCALES = {
+    # videos (60% train), tokens, dim, actions, trial settings
+    "paper": dict(videos=5300, tokens=8, dim=768, actions=51,
+                  trial={"optim": {"epochs": 100, "batch_size": 512, "min_steps": 0, "lr": 1e-3}}),
+    "demo": dict(videos=240, tokens=4, dim=128, actions=6,
+                 trial={"optim": {"epochs": 50, "batch_size": 64, "lr": 1e-3}, "eval": {"primary_protocol": "static"}}),
+}
+ATTRS = 4
+CLIPS, STATICS = 4, 3  # per video
+
+
+def random_cache(path: Path, videos: int, tokens: int, dim: int, actions: int, seed: int = 0) -> FeatureCache:
+    """A complete feature cache of random tokens and labels, in the layout extraction writes."""
+    if (path / META_FILE).is_file():
+        return FeatureCache.open(path)
+    path.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    split = torch.tensor(np.random.default_rng(seed).choice([0, 1, 2], size=videos, p=[0.6, 0.2, 0.2]), dtype=torch.int8)
+    labels = {
+        "split": split, "action": torch.randint(0, actions, (videos,), generator=g),
+        "attrs": torch.randint(0, 2, (videos, ATTRS), generator=g).to(torch.int8),
+        "tasks": torch.zeros((videos, 0), dtype=torch.int64), "groups": torch.zeros((videos, 0), dtype=torch.int64),
+        "valid": torch.ones(videos, dtype=torch.bool), "is_image": torch.zeros(videos, dtype=torch.bool),
+    }
+    save_file(labels, str(path / LABELS_FILE))
+    features = {
+        "clip_features": torch.randn(videos * CLIPS, tokens, dim, generator=g).half(),
+        "clip_video": torch.arange(videos).repeat_interleave(CLIPS),
+        "static_features": torch.randn(videos * STATICS, tokens, dim, generator=g).half(),
+        "static_video": torch.arange(videos).repeat_interleave(STATICS),
+    }
+    save_file(features, str(path / FEATURES_FILE))
+    meta = {
+        "version": CACHE_FORMAT_VERSION, "key": f"random-{videos}-{tokens}-{dim}", "status": "complete",
+        "manifest": {"file": "random", "sha256": ""}, "encoder": {"name": "random", "dim": dim}, "clips": {},
+        "num_shards": 1, "shard_videos": videos, "videos": [f"v{i:05d}.mp4" for i in range(videos)],
+        "rows": list(range(videos)), "action_classes": [f"a{i}" for i in range(actions)],
+        "attr_names": [f"attr{i}" for i in range(ATTRS)], "task_names": [], "task_classes": {},
+        "group_names": [], "group_values": {}, "skipped": [], "feature_shape": [tokens, dim],
+        "counts": {"videos": videos, "decoded": videos, "skipped": 0, "clips": videos * CLIPS,
+                   "static_clips": videos * STATICS},
+    }
+    meta["files"] = file_records(path)
+    write_json_atomic(path / META_FILE, meta)
+    return FeatureCache.open(path)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _random_batch(config: TrialConfig, cache: FeatureCache, device: torch.device) -> dict[str, Any]:
+    batch = config.optim.batch_size
+    shape = (batch, cache.tokens, cache.dim)
+    return {"clips": torch.randn(shape, device=device), "static_a": torch.randn(shape, device=device),
+            "static_b": torch.randn(shape, device=device), "pair_mask": torch.ones(batch, dtype=torch.bool, device=device),
+            "targets": {"action": torch.randint(0, len(cache.meta["action_classes"]), (batch,), device=device)}}
+
+
+def _objective(config: TrialConfig, cache: FeatureCache, device: torch.device) -> AAMObjective:
+    return AAMObjective(build_adapter(cache.dim, config.adapter), TaskHeads(cache.dim, {"action": len(cache.meta["action_classes"])}),
+                        None, LossWeights(), config.loss.temperature).to(device)
+
+
+def adapter_flops(config: TrialConfig, cache: FeatureCache) -> float:
+    """Forward + backward GEMM FLOPs of one step: 3 views x batch x L tokens through the adapter."""
+    rows, dim, length = 3 * config.optim.batch_size * cache.tokens, cache.dim, cache.tokens
+    hidden = round(dim * config.adapter.ffn_mult)
+    per_row = 2 * (4 * dim * dim + 2 * dim * hidden) + 2 * 2 * length * dim  # projections, FFN, attention
+    return 3.0 * rows * per_row * config.adapter.layers
+
+
+def physical_limit(config: TrialConfig, cache: FeatureCache, device: torch.device, steps: int) -> dict[str, float]:
+    """(a) one trial's step on resident tensors, no host sync until the end."""
+    objective = _objective(config, cache, device)
+    optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-3, fused=device.type in ("cuda", "cpu"))
+    batch = _random_batch(config, cache, device)
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = objective(batch["clips"], batch["static_a"], batch["static_b"], batch["pair_mask"], batch["targets"])
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+
+    step()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    seconds = (time.perf_counter() - started) / steps
+    return {"step_ms": seconds * 1e3, "tflops": adapter_flops(config, cache) / seconds / 1e12}
+
+
+def stacked_step(config: TrialConfig, cache: FeatureCache, device: torch.device, k: int, steps: int) -> dict[str, float]:
+    """(d) the stacked step of K members: seconds per step and peak memory."""
+    configs = [config.model_copy(update={"seed": i}) for i in range(k)]
+    stacked = StackedAAM([_objective(c, cache, device) for c in configs], configs)
+    batch = _random_batch(config, cache, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        stacked.step(batch, [1e-3] * k, batched=False)
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            stacked.step(batch, [1e-3] * k, batched=False)
+        _sync(device)
+    seconds = (time.perf_counter() - started) / steps
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:  # no allocator statistics on CPU: the estimate the stack is capped with
+        peak = k * member_bytes(config, cache.dim, cache.tokens, count_parameters(_objective(config, cache, device)))
+    return {"step_s": seconds, "peak_mib": peak / 2**20}
+
+
+def run_study(cache: FeatureCache, workdir: Path, name: str, trial: dict, n_trials: int, *, stack: int = 1,
+              parallel: int = 1) -> tuple[float, list[dict[str, Any]]]:
+    """A real study (no MLflow), its wall time from prepared to finished, and its trials' timings."""
+    shutil.rmtree(workdir / name, ignore_errors=True)
+    config = StudyConfig(name=name, workdir=workdir / name, data={"cache": str(cache.path)}, space="loss-weights",
+                         trial=trial, n_trials=n_trials, max_parallel=parallel, stack=stack, track=False,
+                         enqueue_paper_default=False, trial_timeout_s=3600)
+    orchestrator = Orchestrator(config, view=None)
+    orchestrator.prepare()  # the raw baseline: once per study, outside the timed loop
+    started = time.perf_counter()
+    outcome = orchestrator.run()
+    seconds = time.perf_counter() - started
+    if outcome.completed != n_trials:
+        raise SystemExit(f"study {name}: {outcome.completed} of {n_trials} trials completed; see {workdir / name}")
+    timings = [json.loads((Path(t.user_attrs["out_dir"]) / "result.json").read_text())["timings"]
+               for t in orchestrator.study.get_trials(deepcopy=False)]
+    return seconds, timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("work/bench-throughput"))
+    parser.add_argument("--smoke", action="store_true", help="demo scale on a CPU, under 3 minutes")
+    parser.add_argument("--trials", type=int, default=None, help="trials per study (default 4 smoke, 8 full)")
+    parser.add_argument("--stacks", default="1,2,4,8,16,32")
+    parser.add_argument("--parallel", default=None, help="concurrent trial processes for (c) (default 2 smoke, 2,4 full)")
+    parser.add_argument("--cores", type=int, default=None,
+                        help="pin this run and its trials to N cores (smoke default 1: on a shared 2-core box two "
+                             "threads per process spin against other jobs and run many times slower)")
+    args = parser.parse_args()
+    cores = args.cores or (1 if args.smoke else None)
+    if cores:
+        os.sched_setaffinity(0, range(cores))  # trial processes inherit it; usable_cores() sees it
+        torch.set_num_threads(cores)
+    if args.smoke and args.stacks == "1,2,4,8,16,32":
+        args.stacks = "1,2,4,8"
+    args.parallel = args.parallel or ("2" if args.smoke else "2,4")
+    scale = SCALES["demo" if args.smoke else "paper"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n_trials = args.trials or (3 if args.smoke else 8)
+    cache = random_cache(args.workdir / f"cache-{'demo' if args.smoke else 'paper'}", scale["videos"],
+                         scale["tokens"], scale["dim"], scale["actions"])
+    config = TrialConfig.model_validate({"cache": str(cache.path), **scale["trial"]})
+    budget = config.optim.budget(TrainingData(cache).batches_per_epoch(config.optim.batch_size))
+    print(f"{platform.node()} {device} torch {torch.__version__}; {cache.num_videos} videos, L={cache.tokens}, "
+          f"D={cache.dim}, batch {config.optim.batch_size}, {budget.total_steps} steps per trial", flush=True)
+    out: dict[str, Any] = {"device": str(device), "steps_per_trial": budget.total_steps}
+
+    limit = physical_limit(config, cache, device, steps=5 if args.smoke else 50)
+    out.update(limit_step_ms=round(limit["step_ms"], 2), limit_tflops=round(limit["tflops"], 3),
+               limit_train_s=round(limit["step_ms"] * budget.total_steps / 1e3, 2))
+    print(f"(a) sync-free step {limit['step_ms']:.2f} ms, {limit['tflops']:.3f} TFLOP/s", flush=True)
+
+    single_s, timings = run_study(cache, args.workdir, "one-at-a-time", scale["trial"], n_trials)
+    per_trial_eval = float(np.mean([t.get("eval_s", 0.0) for t in timings]))
+    overhead = single_s / n_trials - float(np.mean([t.get("train_s", 0.0) for t in timings])) - per_trial_eval
+    out.update(one_at_a_time_s=round(single_s, 1), s_per_trial_b=round(single_s / n_trials, 2),
+               trials_per_h_b=round(3600 * n_trials / single_s, 1), eval_s=round(per_trial_eval, 2))
+    print(f"(b) {n_trials} trials one at a time: {single_s:.1f} s", flush=True)
+    stacked_s, _ = run_study(cache, args.workdir, "stacked", scale["trial"], n_trials, stack=n_trials)
+    out.update(stacked_study_s=round(stacked_s, 1), stacked_speedup=round(single_s / stacked_s, 2))
+    print(f"(d) {n_trials} trials stacked in one process: {stacked_s:.1f} s", flush=True)
+    for k in [int(k) for k in args.stacks.split(",") if k]:
+        step = stacked_step(config, cache, device, k, steps=3 if args.smoke else 20)
+        per_trial = (step["step_s"] * budget.total_steps) / k + per_trial_eval + max(0.0, overhead) / k
+        out[f"s_per_trial_k{k}"] = round(per_trial, 2)
+        out[f"trials_per_h_k{k}"] = round(3600 / per_trial, 1)
+        out[f"peak_mib_k{k}"] = round(step["peak_mib"], 1)
+        print(f"(d) K={k}: step {step['step_s'] * 1e3:.1f} ms, {per_trial:.2f} s per trial with evaluation, "
+              f"peak {step['peak_mib']:.0f} MiB", flush=True)
+
+    for parallel in [int(p) for p in args.parallel.split(",") if p]:
+        seconds, _ = run_study(cache, args.workdir, f"parallel-{parallel}", scale["trial"], n_trials, parallel=parallel)
+        out[f"trials_per_h_c{parallel}"] = round(3600 * n_trials / seconds, 1)
+        print(f"(c) {parallel} processes at once: {seconds:.1f} s", flush=True)
+
+    print(" ".join(f"{key}={value}" for key, value in out.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Stacked trials: K AAM members that differ only in per-member scalars, trained as one
+vmapped model (``torch.func.stack_module_state`` + ``functional_call`` + ``vmap``).
+
+What may differ between members (``stack_problem`` / ``STACK_SHAPE_FIELDS`` say what may not):
+the loss weights w_lc, w_task, w_privacy and task weights, the NT-Xent temperature, the lr
+(and everything that resolves to it), weight decay, gradient clipping, warm-up, the seed (its
+own init, head pre-training and batch order), the guard thresholds, and all of evaluation
+(each member is evaluated alone afterwards). What may not: anything that changes a shape or
+the graph (the adapter's fields, batch size, the step budget, the adversarial projector, the
+HSIC penalty's data-dependent row selection, DeepSpeed). ``adapter.dropout`` is a module
+attribute, not a tensor, so all members share it; it is in the shape fields.
+
+Each member keeps its own AdamW moments, learning-rate schedule, grad-norm clip and guard; a
+member that diverges is cut out of the stack (its slices dropped) and the others go on.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call, grad, stack_module_state, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from aam_search.trainer.config import TrialConfig
+from aam_search.trainer.losses import latent_consistency, task_loss, total_loss
+from aam_search.trainer.member_optim import ADAM_BETAS, ADAM_EPS
+from aam_search.trainer.model import mean_pool
+from aam_search.trainer.objective import AAMObjective
+
+# Dotted trial-config fields that must be equal across a stack (a prefix covers its subfields).
+STACK_SHAPE_FIELDS = (
+    "cache", "adapter", "optim.epochs", "optim.min_steps", "optim.batch_size",
+    "loss.privacy_objective", "loss.w_hsic", "deepspeed",
+)
+
+
+def is_shape_field(path: str) -> bool:
+    """Whether a dotted trial-config field changes the stacked model's shape or graph."""
+    return any(path == field or path.startswith(field + ".") for field in STACK_SHAPE_FIELDS)
+
+
+def stack_problem(config: TrialConfig) -> str | None:
+    """Why this trial cannot be a stack member at all, or None."""
+    if config.loss.privacy_objective != "selfsup":
+        return "the adversarial objective alternates a projector phase (not stacked yet)"
+    if config.loss.w_hsic > 0:
+        return "the HSIC penalty selects labelled rows by a data-dependent shape"
+    if config.deepspeed is not None:
+        return "a DeepSpeed trial owns its engine"
+    return None
+
+
+def stack_key(config: TrialConfig) -> str:
+    """Equal for two trials exactly when they may share a stack."""
+    data = config.model_dump(mode="json")
+    picked = {}
+    for field in STACK_SHAPE_FIELDS:
+        value: Any = data
+        for part in field.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        picked[field] = value
+    return repr(sorted(picked.items()))
+
+
+def masked_nt_xent(z1: Tensor, z2: Tensor, mask: Tensor, temperature: Tensor | float) -> Tensor:
+    """NT-Xent over the rows where ``mask`` holds, with a tensor temperature and no
+    data-dependent shape, so it runs under vmap; the value of ``nt_xent(z1[mask], z2[mask])``
+    with two or more kept rows, else an exact 0. (Stand-in: the devtrain branch adds a
+    ``losses.masked_nt_xent`` with a float temperature; one of them should stay.)"""
+    batch = z1.shape[0]
+    keep = torch.cat([mask, mask]).bool()
+    z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
+    logits = z @ z.T / temperature
+    self_mask = torch.eye(2 * batch, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask | ~keep[None, :], float("-inf"))
+    # A dropped anchor's row would be all -inf (NaN cross-entropy): any finite row does, weighted 0.
+    logits = torch.where(keep[:, None], logits, torch.zeros((), dtype=logits.dtype, device=z.device))
+    index = torch.arange(batch, device=z.device)
+    per_anchor = F.cross_entropy(logits, torch.cat([index + batch, index]), reduction="none")
+    weight = keep.to(per_anchor.dtype)
+    return (per_anchor * weight).sum() / weight.sum().clamp(min=1)
+
+
+def member_scalars(configs: list[TrialConfig], tasks: list[str], device: torch.device) -> dict[str, Any]:
+    """The per-member scalars of the loss as ``[K]`` tensors (vmapped over dim 0)."""
+    def column(values: list[float]) -> Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=device)
+
+    return {
+        "w_lc": column([c.loss.w_lc for c in configs]),
+        "w_task": column([c.loss.w_task for c in configs]),
+        "w_privacy": column([c.loss.w_privacy for c in configs]),
+        "temperature": column([c.loss.temperature for c in configs]),
+        "task_weights": {t: column([c.loss.task_weights.get(t, 1.0) for c in configs]) for t in tasks},
+    }
+
+
+class StackedAAM:
+    """K members' adapters and heads as stacked ``[K, ...]`` tensors, with per-member AdamW."""
+
+    def __init__(self, objectives: list[AAMObjective], configs: list[TrialConfig]) -> None:
+        first = objectives[0]
+        self.adapter_base = copy.deepcopy(first.adapter).to("meta")
+        self.heads_base = copy.deepcopy(first.heads).to("meta")
+        adapter, _ = stack_module_state([o.adapter for o in objectives])
+        heads, _ = stack_module_state([o.heads for o in objectives])
+        self.params = {**{f"adapter.{k}": v.detach() for k, v in adapter.items()},
+                       **{f"heads.{k}": v.detach() for k, v in heads.items()}}
+        self.device = next(iter(self.params.values())).device
+        self.configs = list(configs)
+        self.scalars = member_scalars(self.configs, list(first.heads.num_classes), self.device)
+        self.first = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        self.second = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        self.steps = 0
+        self._grad = vmap(grad(self._member_loss, has_aux=True), in_dims=(0, 0, None), randomness="different")
+        self._grad_batched = vmap(grad(self._member_loss, has_aux=True), in_dims=(0, 0, 0), randomness="different")
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+    def _member_loss(self, params: dict[str, Tensor], scalars: dict[str, Any], batch: dict[str, Any]):
+        clips, static_a, static_b = batch["clips"], batch["static_a"], batch["static_b"]
+        size = clips.shape[0]
+        adapter = {k[len("adapter."):]: v for k, v in params.items() if k.startswith("adapter.")}
+        heads = {k[len("heads."):]: v for k, v in params.items() if k.startswith("heads.")}
+        adapted = functional_call(self.adapter_base, adapter, (torch.cat([clips, static_a, static_b]),))
+        adapted_clips = adapted[:size]
+        l_lc = latent_consistency(adapted_clips, clips)
+        logits = functional_call(self.heads_base, heads, (adapted_clips,))
+        l_task, per_task = task_loss(logits, batch["targets"], scalars["task_weights"])
+        l_privacy = masked_nt_xent(mean_pool(adapted[size : 2 * size]), mean_pool(adapted[2 * size :]),
+                                   batch["pair_mask"], scalars["temperature"])
+        weights = SimpleNamespace(lc=scalars["w_lc"], task=scalars["w_task"], privacy=scalars["w_privacy"])
+        loss = total_loss(l_lc, l_task, l_privacy, weights)
+        out = {"loss": loss, "l_lc": l_lc, "l_task": l_task, "l_privacy": l_privacy}
+        out.update({f"l_task/{name}": value for name, value in per_task.items()})
+        return loss, out
+
+    def train(self, training: bool = True) -> None:
+        self.adapter_base.train(training)
+        self.heads_base.train(training)
+
+    def step(self, batch: dict[str, Any], lrs: list[float], batched: bool) -> dict[str, Tensor]:
+        """One AdamW step of every member on its batch (``batched``: ``[K, B, ...]`` inputs, one
+        per member; else one batch shared); returns ``[K]`` loss terms, on the device."""
+        # The fused attention kernels have no vmap batching rule (vmap would loop over members);
+        # the math kernel's matmuls and softmax batch, and at a few tokens attention is cheap.
+        with sdpa_kernel([SDPBackend.MATH]):
+            grads, out = (self._grad_batched if batched else self._grad)(self.params, self.scalars, batch)
+        clip = torch.tensor([c.optim.grad_clip or math.inf for c in self.configs], device=self.device)
+        squares = sum(g.detach().float().pow(2).flatten(1).sum(1) for g in grads.values())
+        # torch.nn.utils.clip_grad_norm_'s rule, per member
+        coef = (clip / (squares.sqrt() + 1e-6)).clamp(max=1.0)
+        self._adamw(grads, coef, torch.tensor(lrs, device=self.device))
+        return {name: value.detach() for name, value in out.items()}
+
+    @torch.no_grad()
+    def _adamw(self, grads: dict[str, Tensor], coef: Tensor, lrs: Tensor) -> None:
+        """torch.optim.AdamW's single-tensor update, with a learning rate and weight decay per member."""
+        beta1, beta2 = ADAM_BETAS
+        self.steps += 1
+        correction1 = 1 - beta1 ** self.steps
+        correction2 = math.sqrt(1 - beta2 ** self.steps)
+        decay = torch.tensor([c.optim.weight_decay for c in self.configs], device=self.device)
+        for name, param in self.params.items():
+            shape = (-1,) + (1,) * (param.dim() - 1)
+            g = grads[name] * coef.view(shape)
+            param.mul_((1 - lrs * decay).view(shape))
+            self.first[name].lerp_(g, 1 - beta1)
+            self.second[name].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = (self.second[name].sqrt() / correction2).add_(ADAM_EPS)
+            param.sub_(self.first[name] / denom * (lrs / correction1).view(shape))
+
+    def keep(self, members: list[int]) -> None:
+        """Cut the stack down to ``members`` (positions), e.g. without a diverged one."""
+        index = torch.tensor(members, device=self.device)
+        for state in (self.params, self.first, self.second):
+            for name in state:
+                state[name] = state[name].index_select(0, index)
+        self.configs = [self.configs[m] for m in members]
+        tasks = list(self.scalars["task_weights"])
+        self.scalars = member_scalars(self.configs, tasks, self.device)
+
+    @torch.no_grad()
+    def write_back(self, position: int, objective: AAMObjective) -> None:
+        """Copy member ``position``'s trained tensors into its own objective's modules."""
+        for prefix, module in (("adapter", objective.adapter), ("heads", objective.heads)):
+            for name, param in module.named_parameters():
+                param.copy_(self.params[f"{prefix}.{name}"][position])
+
+
+def member_bytes(config: TrialConfig, dim: int, tokens: int, parameters: int) -> int:
+    """A generous estimate of one member's training memory: fp32 weights, grads and two
+    AdamW moments (plus the stacked copy), and the activations of its 3 x batch token rows."""
+    rows = 3 * config.optim.batch_size * tokens
+    width = dim * (4 + 2 * config.adapter.ffn_mult)  # qkv, out, norms and the FFN's hidden
+    activations = rows * width * config.adapter.layers * 4 * 3  # forward, saved, backward
+    return int(parameters * 4 * 5 + activations + rows * dim * 4 * 4)
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory where the stack trains: CUDA free memory, or the host's available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def memory_cap(per_member: int, available: int, fraction: float = 0.7) -> int:
+    """How many members fit in ``fraction`` of ``available`` bytes (at least one)."""
+    return max(1, int(available * fraction) // max(1, per_member))
