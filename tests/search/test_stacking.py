@@ -34,7 +34,7 @@ def test_a_stacked_study_runs_its_trials_in_one_process_and_tells_each(make_stud
 
 def test_a_space_that_changes_the_shape_falls_back_to_one_trial_per_process(make_study, caplog):
     config = make_study(stack=4, space="adapter-size")
-    orchestrator = Orchestrator(config, view=None)
+    orchestrator = Orchestrator(config)
     with caplog.at_level(logging.WARNING, logger="aam_search.search.stacking"):
         orchestrator.prepare()
     assert orchestrator.stacker.size == 1
