@@ -44,7 +44,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
     return F.cross_entropy(logits, positives)
 
 
-def masked_nt_xent(z1: Tensor, z2: Tensor, mask: Tensor, temperature: float = 0.1) -> Tensor:
+def masked_nt_xent(z1: Tensor, z2: Tensor, mask: Tensor, temperature: float | Tensor = 0.1) -> Tensor:
     """:func:`nt_xent` over the rows where ``mask`` is true, with no host sync: the same value
     as ``nt_xent(z1[mask], z2[mask])`` when two or more rows are kept, else an exact 0.
 
@@ -55,7 +55,7 @@ def masked_nt_xent(z1: Tensor, z2: Tensor, mask: Tensor, temperature: float = 0.
     if z1.dim() != 2 or z1.shape != z2.shape or mask.shape != z1.shape[:1]:
         raise ValueError(f"masked_nt_xent needs two [batch, dim] views and a [batch] mask, got "
                          f"{tuple(z1.shape)}, {tuple(z2.shape)} and {tuple(mask.shape)}")
-    if temperature <= 0:
+    if not isinstance(temperature, Tensor) and temperature <= 0:  # a stacked (vmapped) one: its config checks it
         raise ValueError(f"temperature must be > 0, got {temperature}")
     batch = z1.shape[0]
     keep = torch.cat([mask, mask]).bool()

@@ -22,13 +22,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad, stack_module_state, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from aam_search.trainer.config import TrialConfig
-from aam_search.trainer.losses import latent_consistency, task_loss, total_loss
+from aam_search.trainer.losses import latent_consistency, masked_nt_xent, task_loss, total_loss
 from aam_search.trainer.member_optim import ADAM_BETAS, ADAM_EPS
 from aam_search.trainer.model import mean_pool
 from aam_search.trainer.objective import AAMObjective
@@ -66,25 +65,6 @@ def stack_key(config: TrialConfig) -> str:
             value = value.get(part) if isinstance(value, dict) else None
         picked[field] = value
     return repr(sorted(picked.items()))
-
-
-def masked_nt_xent(z1: Tensor, z2: Tensor, mask: Tensor, temperature: Tensor | float) -> Tensor:
-    """NT-Xent over the rows where ``mask`` holds, with a tensor temperature and no
-    data-dependent shape, so it runs under vmap; the value of ``nt_xent(z1[mask], z2[mask])``
-    with two or more kept rows, else an exact 0. (Stand-in: the devtrain branch adds a
-    ``losses.masked_nt_xent`` with a float temperature; one of them should stay.)"""
-    batch = z1.shape[0]
-    keep = torch.cat([mask, mask]).bool()
-    z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
-    logits = z @ z.T / temperature
-    self_mask = torch.eye(2 * batch, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_mask | ~keep[None, :], float("-inf"))
-    # A dropped anchor's row would be all -inf (NaN cross-entropy): any finite row does, weighted 0.
-    logits = torch.where(keep[:, None], logits, torch.zeros((), dtype=logits.dtype, device=z.device))
-    index = torch.arange(batch, device=z.device)
-    per_anchor = F.cross_entropy(logits, torch.cat([index + batch, index]), reduction="none")
-    weight = keep.to(per_anchor.dtype)
-    return (per_anchor * weight).sum() / weight.sum().clamp(min=1)
 
 
 def member_scalars(configs: list[TrialConfig], tasks: list[str], device: torch.device) -> dict[str, Any]:
