@@ -75,12 +75,23 @@ def await_verdict(trial_dir: Path, rung: int, timeout_s: float,
     """At rung epoch ``rung``: the stop request, or None once the trial may go on (or no
     verdict came within ``timeout_s``: a trial is never held by a missing orchestrator; or
     ``interrupted()``: a signal arrived, which the training loop then obeys)."""
+    return await_verdicts([trial_dir], rung, timeout_s, interrupted)[0]
+
+
+def await_verdicts(trial_dirs: list[Path], rung: int, timeout_s: float,
+                   interrupted: Callable[[], bool] = lambda: False) -> list[dict | None]:
+    """:func:`await_verdict` for several trials waiting at the same rung (a stack's members),
+    under one deadline: each one's stop request or None, once every one has its verdict."""
     deadline = time.monotonic() + timeout_s
+    requests: list[dict | None] = [None] * len(trial_dirs)
+    waiting = set(range(len(trial_dirs)))
     while True:
-        request = stop_requested(trial_dir)
-        if (request is not None or _passed(trial_dir, rung) or time.monotonic() >= deadline
-                or interrupted()):
-            return request
+        for k in list(waiting):
+            requests[k] = stop_requested(trial_dirs[k])
+            if requests[k] is not None or _passed(trial_dirs[k], rung):
+                waiting.discard(k)
+        if not waiting or time.monotonic() >= deadline or interrupted():
+            return requests
         time.sleep(VERDICT_POLL_S)
 
 
@@ -104,9 +115,10 @@ def rung_result(cache: FeatureCache, transform: Transform | None, config: EvalCo
             "adapter_parameters": adapter_parameters, "measured": {"tasks": tasks, "privacy": privacy}}
 
 
-def _evaluate_at_rung(recipe: Any, rung: int, fit_eraser: Callable) -> dict[str, Any]:
+def evaluate_at_rung(recipe: Any, rung: int, fit_eraser: Callable) -> dict[str, Any]:
     """Rank 0: the recipe's features now (the adapter, then an eraser fitted afresh when the
-    trial uses one, as at the end), measured cheaply and written to metrics.jsonl."""
+    trial uses one, as at the end), measured cheaply and written to metrics.jsonl. A stack
+    member's recipe is measured alike, once its stacked weights were written back into it."""
     started = time.perf_counter()
     accelerator = recipe.accelerator
     adapter = accelerator.unwrap_model(recipe.model).adapter
@@ -136,6 +148,47 @@ def _evaluate_at_rung(recipe: Any, rung: int, fit_eraser: Callable) -> dict[str,
     return line
 
 
+def rung_requests(recipes: list[Any], epochs_done: int, fit_eraser: Callable,
+                  interrupted: Callable[[], bool] = lambda: False,
+                  failed: Callable[[int, Exception], None] | None = None) -> list[tuple[dict | None, dict | None]]:
+    """Rank 0, at an epoch end, for one trial or a stack's members: each recipe's (stop
+    request or None, rung line or None). Every recipe at a rung epoch is evaluated first, then
+    all their verdicts are awaited together; the others only read a stop request, if any.
+    A recipe without ``eval.rungs`` is left alone (None, None). ``failed(k, error)``, when
+    given, takes a recipe's failed evaluation (it is then left alone) instead of raising it."""
+    lines: list[dict | None] = []
+    broken: set[int] = set()
+    for k, recipe in enumerate(recipes):
+        line = None
+        if epochs_done in recipe.config.eval.rungs:
+            try:
+                line = evaluate_at_rung(recipe, epochs_done, fit_eraser)
+            except Exception as error:
+                if failed is None:
+                    raise
+                failed(k, error)
+                broken.add(k)
+        lines.append(line)
+    at_rung = [k for k, line in enumerate(lines) if line is not None]
+    verdicts = await_verdicts([recipes[k].out_dir for k in at_rung], epochs_done,
+                              max((recipes[k].config.eval.rung_wait_s for k in at_rung), default=0.0), interrupted)
+    requests: list[dict | None] = [None] * len(recipes)
+    for k, request in zip(at_rung, verdicts):
+        requests[k] = request
+    for k, recipe in enumerate(recipes):
+        if lines[k] is None and recipe.config.eval.rungs and k not in broken:
+            requests[k] = stop_requested(recipe.out_dir)
+    return list(zip(requests, lines))
+
+
+def pruned_fields(request: dict | None, line: dict | None) -> dict[str, Any]:
+    """The result.json fields of a trial stopped by the study: its rung, why, and the
+    rung's values (None when the stop was read at an epoch end that was not a rung)."""
+    request = request or {}
+    return {"rung": request.get("rung"), "pruned_reason": request.get("reason"),
+            "rung_values": line["values"] if line else None}
+
+
 def rung_epoch_end(recipe: Any, epochs_done: int, fit_eraser: Callable) -> dict[str, Any] | None:
     """The recipe's epoch-end hook: the rung evaluation when ``epochs_done`` is a rung, then
     the orchestrator's verdict. Returns the result fields of a pruned stop (the checkpoint
@@ -146,12 +199,7 @@ def rung_epoch_end(recipe: Any, epochs_done: int, fit_eraser: Callable) -> dict[
     accelerator = recipe.accelerator
     request, line = None, None
     if accelerator.is_main_process:
-        if epochs_done in config.eval.rungs:
-            line = _evaluate_at_rung(recipe, epochs_done, fit_eraser)
-            request = await_verdict(recipe.out_dir, epochs_done, config.eval.rung_wait_s,
-                                    lambda: recipe.stop_signal is not None)
-        else:
-            request = stop_requested(recipe.out_dir)
+        [(request, line)] = rung_requests([recipe], epochs_done, fit_eraser, lambda: recipe.stop_signal is not None)
     flag = torch.tensor([0.0 if request is None else 1.0], device=accelerator.device)
     if accelerator.num_processes > 1:
         flag = accelerator.reduce(flag, reduction="sum")  # every rank stops together
@@ -159,6 +207,4 @@ def rung_epoch_end(recipe: Any, epochs_done: int, fit_eraser: Callable) -> dict[
         return None
     if accelerator.is_main_process and config.save_adapter:
         recipe.save()  # a pruned trial keeps its checkpoint
-    request = request or {}
-    return {"rung": request.get("rung"), "pruned_reason": request.get("reason"),
-            "rung_values": line["values"] if line else None}
+    return pruned_fields(request, line)

@@ -51,6 +51,11 @@ class TrialStopped(Exception):
         self.retryable = status == Status.TERMINATED
         self.fields = fields or {}  # more result.json fields (a pruned stop's rung)
 
+    @classmethod
+    def pruned(cls, epochs_done: int, fields: dict[str, Any]) -> TrialStopped:
+        """The study's stop at an epoch end (``rung_eval.pruned_fields``): status pruned."""
+        return cls(Status.PRUNED, f"pruned after epoch {epochs_done}: {fields['pruned_reason']}", fields)
+
 
 def fit_train_eraser(cache: FeatureCache, transform: Transform) -> LinearEraser:
     """LEACE on the train split's adapted, pooled features of both protocols: static clips
@@ -184,7 +189,7 @@ class AAMRecipe:
             self.epochs_done = epoch + 1
             pruned = rung_epoch_end(self, self.epochs_done, fit_train_eraser)  # the study's verdict at a rung
             if pruned is not None:
-                raise TrialStopped(Status.PRUNED, f"pruned after epoch {epoch + 1}: {pruned['pruned_reason']}", pruned)
+                raise TrialStopped.pruned(self.epochs_done, pruned)
         self.timings["train_s"] = time.perf_counter() - train_started
         if accelerator.num_processes > 1:  # DDP keeps ranks in step; the log shows they stayed so
             print(f"rank {accelerator.process_index}: trained parameters sha256 "
