@@ -159,7 +159,7 @@ class StackedAAM:
 
     def keep(self, members: list[int]) -> None:
         """Cut the stack down to ``members`` (positions), e.g. without a diverged one."""
-        index = torch.tensor(members, device=self.device)
+        index = torch.tensor(members, dtype=torch.long, device=self.device)
         for state in (self.params, self.first, self.second):
             for name in state:
                 state[name] = state[name].index_select(0, index)

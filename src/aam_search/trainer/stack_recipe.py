@@ -5,7 +5,9 @@ member is set up exactly as a single trial (:class:`AAMRecipe.setup`: its own se
 head pre-training, ``trial.json``), trained in the stack (:class:`StackedAAM`), then evaluated,
 saved and reported alone by its own recipe, so every folder holds the files and fields a single
 trial writes, plus a ``stack`` entry in ``result.json``. A member that fails (in set-up, a
-diverging loss, its evaluation) writes its own status and reason; the others go on.
+diverging loss, its evaluation) writes its own status and reason; the others go on. At rung
+epochs (``eval.rungs``) every member is evaluated as a single trial is (``rung_eval``), and a
+member the study stops keeps its checkpoint, ends ``pruned`` and leaves the stack.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from aam_search.protocol import Status
 from aam_search.trainer.config import TrialConfig
 from aam_search.trainer.guard import DeviceLosses
 from aam_search.trainer.model import count_parameters
+from aam_search.trainer.rung_eval import pruned_fields, rung_requests
 from aam_search.trainer.stack import (
     StackedAAM,
     available_bytes,
@@ -31,7 +34,7 @@ from aam_search.trainer.stack import (
     stack_key,
     stack_problem,
 )
-from aam_search.trainer.train import AAMRecipe, TrialStopped, lr_at
+from aam_search.trainer.train import AAMRecipe, TrialStopped, fit_train_eraser, lr_at
 
 STACK_FIELD = "stack"  # result.json: {"size", "position", "trials"} of the stack a member ran in
 
@@ -97,9 +100,9 @@ class StackRecipe:
         return results
 
     def _fail(self, i: int, status: str, reason: str, started: float, retryable: bool = True,
-              failure_kind: str | None = None) -> None:
+              failure_kind: str | None = None, fields: dict[str, Any] | None = None) -> None:
         self.outcome[i] = (status, reason, retryable)
-        self.members[i]._report(status, reason, {STACK_FIELD: self._info(i)}, started,
+        self.members[i]._report(status, reason, {**(fields or {}), STACK_FIELD: self._info(i)}, started,
                                 failure_kind=failure_kind, retryable=retryable)
 
     def _result_of(self, i: int) -> dict[str, Any]:
@@ -151,7 +154,8 @@ class StackRecipe:
                                                        epoch=epoch) for i in (alive[:1] if shared else alive)}
             stacked.train(True)
             for _ in range(budget.steps_per_epoch):
-                batch = _batch_inputs([next(streams[i]).to(device) for i in (list(streams)[:1] if shared else alive)])
+                batch = _batch_inputs([next(streams[i]).to(device) for i in (list(streams)[:1] if shared else alive)],
+                                      batched=not shared)
                 lrs = [lr_at(step, budget.total_steps, budget.warmup_steps, self.members[i].config.optim.effective_lr)
                        for i in alive]
                 with first.accelerator.autocast():
@@ -172,10 +176,57 @@ class StackRecipe:
                 if not alive:
                     return
             self._report_epoch(alive, sums, epoch, time.perf_counter() - epoch_started, step - 1)
+            ended = self._rungs(stacked, alive, epoch + 1, started_at, len(chunk))
+            if ended:
+                keep = [p for p, i in enumerate(alive) if i not in ended]
+                alive = [alive[p] for p in keep]
+                if not alive:
+                    return
+                stacked.keep(keep)
         for position, i in enumerate(alive):
             stacked.write_back(position, self.members[i].objective)
             self.members[i].timings["train_s"] = time.perf_counter() - started_at
             self.members[i].timings["stack_size"] = len(chunk)
+
+    def _rungs(self, stacked: StackedAAM, alive: list[int], epochs_done: int, started: float,
+               size: int) -> set[int]:
+        """The study's verdicts at an epoch end, as a single trial's ``rung_epoch_end``: every
+        alive member at a rung epoch has its stacked weights written back and is evaluated,
+        then all their verdicts are awaited together. A member told to stop keeps its
+        checkpoint and ends ``pruned``; the members that ended here (pruned, or whose rung
+        evaluation failed) are returned, to be cut out of the stack."""
+        positions = [p for p, i in enumerate(alive) if self.members[i].config.eval.rungs]
+        if not positions:
+            return set()
+        for p in positions:
+            if epochs_done in self.members[alive[p]].config.eval.rungs:
+                stacked.write_back(p, self.members[alive[p]].objective)
+        ended: set[int] = set()
+
+        def failed(k: int, error: Exception) -> None:
+            i = alive[positions[k]]
+            ended.add(i)
+            self._fail(i, Status.FAILED, f"{type(error).__name__} in the rung evaluation: {error}", started,
+                       failure_kind=self.members[i]._failure_kind(error))
+
+        answers = rung_requests([self.members[alive[p]] for p in positions], epochs_done, fit_train_eraser,
+                                lambda: self.stop_signal is not None, failed)
+        for p, (request, line) in zip(positions, answers):
+            if request is None:
+                continue
+            i = alive[p]
+            member = self.members[i]
+            if epochs_done not in member.config.eval.rungs:  # a stop read between rungs
+                stacked.write_back(p, member.objective)
+            member.timings["train_s"] = time.perf_counter() - started
+            member.timings["stack_size"] = size
+            if member.config.save_adapter:
+                member.save()  # a pruned member keeps its checkpoint
+            stop = TrialStopped.pruned(epochs_done, pruned_fields(request, line))
+            self._fail(i, stop.status, stop.reason, started, retryable=stop.retryable, fields=stop.fields)
+            ended.add(i)
+            print(f"stack member {i} ({member.out_dir}): {stop.status}: {stop.reason}", file=sys.stderr, flush=True)
+        return ended
 
     def _guard(self, alive: list[int], losses: dict[str, torch.Tensor], epoch: int, step: int,
                started: float) -> list[int]:
@@ -237,9 +288,10 @@ class StackRecipe:
         return {}
 
 
-def _batch_inputs(batches: list) -> dict[str, Any]:
-    """The vmapped step's inputs: one batch as it is, or K batches stacked on a new dim 0."""
-    if len(batches) == 1:
+def _batch_inputs(batches: list, batched: bool) -> dict[str, Any]:
+    """The vmapped step's inputs: one shared batch as it is, or (``batched``) the alive
+    members' batches stacked on a new dim 0, even when only one member is left."""
+    if not batched:
         b = batches[0]
         return {"clips": b.clips, "static_a": b.static_a, "static_b": b.static_b, "pair_mask": b.pair_mask,
                 "targets": b.targets}
