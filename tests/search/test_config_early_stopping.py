@@ -16,13 +16,18 @@ def test_off_by_default_and_accepted():
     assert (stopping.min_epochs, stopping.reduction_factor) == (2, 3)
 
 
+def test_early_stopping_with_stacked_trials_is_accepted():
+    """A stack's members are evaluated at rungs too; a pruned member leaves the stack."""
+    config = _parse(early_stopping={"min_epochs": 2}, stack=4)
+    assert config.stack == 4 and config.early_stopping.min_epochs == 2
+
+
 @pytest.mark.parametrize("changes, words", [
     ({"early_stopping": {"reduction_factor": 1}}, "early_stopping.reduction_factor"),
     ({"early_stopping": {"kind": "asha"}}, "early_stopping.kind"),
     ({"early_stopping": {"min_epochs": 20}}, "early_stopping.min_epochs"),
     ({"early_stopping": {"min_epochs": 5}, "trial": {"optim": {"epochs": 5}}}, "trial.optim.epochs = 5"),
     ({"early_stopping": {}, "sampler": "grid", "space": "paper"}, "grid sampler"),
-    ({"early_stopping": {}, "stack": 4}, "stack: 4"),
 ])
 def test_bad_early_stopping_names_the_field(changes, words):
     with pytest.raises(ConfigError) as caught:

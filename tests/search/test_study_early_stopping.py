@@ -53,3 +53,32 @@ def test_a_study_with_early_stopping_prunes_a_trial_and_keeps_it_out_of_the_fron
     for trial in trials:
         if trial.state == TrialState.COMPLETE:
             assert all(record["continued"] for record in rung_records(trial).values())
+
+
+def test_a_stacked_study_prunes_a_member_at_a_rung_and_the_rest_of_its_stack_goes_on(make_study):
+    from aam_search.search.record import STACK_ATTR
+
+    config = make_study(trial=EARLY_TRIAL, n_trials=2, max_parallel=1, stack=2,
+                        early_stopping={"kind": "mo-asha", "min_epochs": 1, "reduction_factor": 2})
+    recorder = Recorder()
+    orchestrator, outcome = run_study(config, Orchestrator(config, callbacks=[recorder]))
+    assert orchestrator.stacker.size == 2
+    trials = orchestrator.study.get_trials(deepcopy=False)
+    numbers = sorted(t.number for t in trials)
+    assert len(trials) == 2 and all(t.user_attrs[STACK_ATTR] == numbers for t in trials)  # one process
+    for trial in trials:  # the orchestrator read and decided every member's rung
+        assert 1 in rung_records(trial), [(t.number, t.state, rung_records(t)) for t in trials]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert len(pruned) == outcome.pruned == 1 and outcome.completed == 1
+    (trial,) = pruned
+    folder = config.trials_dir / f"trial-{trial.number:04d}"
+    result = json.loads((folder / RESULT_FILE).read_text())
+    assert result["status"] == "pruned" and result["retryable"] is False and result["stack"]["size"] == 2
+    assert result["epochs_done"] == result["rung"] < 4 and (folder / ADAPTER_FILE).is_file()
+    assert rung_records(trial)[result["rung"]]["continued"] is False and trial.values is None
+    assert [p.number for p in recorder.of(TrialPruned)] == [trial.number]
+    (kept,) = [t for t in trials if t.state == TrialState.COMPLETE]
+    kept_result = json.loads((config.trials_dir / f"trial-{kept.number:04d}" / RESULT_FILE).read_text())
+    assert kept_result["status"] == "completed" and kept_result["epochs_done"] == 4  # it went on without its peer
+    assert {t.number for t in outcome.front} == {kept.number}
+    assert len(orchestrator.devices.free) == orchestrator.devices.capacity  # the stack's one slot came back

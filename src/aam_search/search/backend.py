@@ -144,6 +144,17 @@ class RunningTrial:
     def finished(self) -> bool:
         return self.process.poll() is not None
 
+    def pruned_meanwhile(self) -> bool:
+        """Whether this run's own result.json (written since it started) says ``pruned``: a
+        stack member that left its stack at a rung while the process trains the others."""
+        path = self.out_dir / RESULT_FILE
+        try:
+            if path.stat().st_mtime < self.started:
+                return False  # an earlier run's, not yet cleared
+            return json.loads(path.read_text()).get("status") == Status.PRUNED
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return False
+
     def stop(self, reason: str, grace_s: float = 10.0) -> None:
         """SIGTERM (the trial writes result.json), then SIGKILL after a grace period."""
         self.stop_reason = reason

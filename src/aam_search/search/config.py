@@ -137,9 +137,6 @@ class StudyConfig(BaseModel):
         if self.sampler == "grid":
             raise ValueError("early_stopping: the grid sampler runs every point to the end; drop "
                              "early_stopping or choose another sampler")
-        if self.stack > 1:  # the stacked recipe has no rung hook yet: refuse rather than never prune
-            raise ValueError(f"early_stopping with stack: {self.stack}: stacked trials do not evaluate at rungs "
-                             "yet; set stack: 1 or drop early_stopping")
         optim = self.trial.get("optim")
         epochs = optim.get("epochs", DEFAULT_TRIAL_EPOCHS) if isinstance(optim, dict) else DEFAULT_TRIAL_EPOCHS
         if isinstance(epochs, int) and stopping.min_epochs >= epochs:

@@ -268,9 +268,10 @@ class Orchestrator:
                     self._emit(EpochReported(number=number, metrics=line))
             if not running.finished() and running.elapsed > running.timeout_s:
                 running.stop(f"timeout after {running.timeout_s:.0f}s")
-            if running.finished():
+            if running.finished() or (self._stack_peers(number, running) and running.pruned_meanwhile()):
                 del self.running[number]
-                self.devices.give_back(running.slot)
+                if not self._stack_peers(number, running):  # a stack's slot comes back with its last member
+                    self.devices.give_back(running.slot)
                 try:
                     self._finish(running, trial)
                 except optuna.exceptions.UpdateFinishedTrialError:
@@ -281,6 +282,10 @@ class Orchestrator:
                                            reason=f"failed meanwhile by another worker ({STALE_REASON})"))
                 finally:
                     self.beats.discard(private.trial_id(trial))
+
+    def _stack_peers(self, number: int, running: RunningTrial) -> bool:
+        """Whether other running trials share this one's process (the rest of its stack)."""
+        return any(other.process is running.process for n, (other, _) in self.running.items() if n != number)
 
     def _finish(self, running: RunningTrial, trial: optuna.Trial) -> None:
         status, reason, result = running.outcome()
