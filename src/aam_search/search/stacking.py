@@ -5,8 +5,9 @@ The orchestrator calls :meth:`Stacker.plan` once (``prepare``) and :meth:`Stacke
 it would launch one trial. A space that varies a field that changes the model's shape
 (``trainer.stack.is_shape_field``), a trial config that cannot stack, or several GPUs per trial
 fall back to one trial per process, said once. The members share one process, log and slot
-(``DevicePool.give_back`` takes the slot back once); everything else (heartbeats, timeouts,
-stops, retries, the Optuna and MLflow records) stays per trial.
+(``DevicePool.give_back`` takes the slot back once, with the last member); everything else
+(heartbeats, timeouts, stops, retries, MO-ASHA rungs and verdicts, the Optuna and MLflow
+records) stays per trial: a member pruned at a rung is told PRUNED while the others train on.
 """
 
 from __future__ import annotations
