@@ -33,6 +33,20 @@ def test_clean_environment_strips_what_would_leak_into_a_trial():
     assert "RANK" in dirty  # the input is not modified
 
 
+def test_clean_environment_keeps_store_credentials_from_trials():
+    dirty = {
+        "PATH": "/usr/bin", "AAM_TRACKING_URI": "postgresql://u:hunter2@db/mlflow",
+        "MLFLOW_TRACKING_PASSWORD": "hunter2", "MLFLOW_TRACKING_TOKEN": "hunter2", "PGPASSWORD": "hunter2",
+        "MLFLOW_TRACKING_URI": "https://u:hunter2@mlflow.example.org", "OTHER_URL": "mysql://a:hunter2@h/db",
+        "PLAIN_URL": "https://mlflow.example.org", "MLFLOW_TRACKING_USERNAME": "u",
+    }
+    clean = clean_environment(dirty)
+    # A trial reports through its folder only: no secret of the tracking server or the storage
+    # reaches it, while settings without a secret stay.
+    assert "hunter2" not in json.dumps(clean)
+    assert clean == {"PATH": "/usr/bin", "PLAIN_URL": "https://mlflow.example.org", "MLFLOW_TRACKING_USERNAME": "u"}
+
+
 def test_clean_environment_defaults_to_this_process(monkeypatch):
     monkeypatch.setenv("MLFLOW_RUN_ID", "leaky")
     monkeypatch.setenv("MASTER_PORT", "1234")

@@ -118,3 +118,17 @@ def test_a_key_given_twice_in_a_study_file_is_refused(tmp_path):
     path = _write(tmp_path, "name: s\ndata: {manifest: m.csv}\nn_trials: 4\nseed: 1\nn_trials: 40\n")
     with pytest.raises(ConfigError, match=r"line 5: key 'n_trials' is given twice \(first on line 3\)"):
         load_study_config(path)
+
+
+def test_an_objective_on_a_protocol_the_trials_do_not_measure_is_refused(tmp_path):
+    message = _refused(tmp_path, objectives=["utility", "leakage:clip"],
+                       trial={"eval": {"protocols": ["static"]}})
+    assert "'leakage:clip'" in message and "trial.eval.protocols" in message and "['static']" in message
+
+
+def test_an_objective_on_a_measured_protocol_is_accepted(tmp_path):
+    both = load_study_config(_write(tmp_path, {**BASE, "objectives": ["utility", "leakage:clip"]}))
+    assert both.objectives == ["utility", "leakage:clip"]  # the default protocols measure both
+    static = load_study_config(_write(tmp_path, {**BASE, "objectives": ["utility", "leakage:static"],
+                                                 "trial": {"eval": {"protocols": ["static"]}}}, "s2.yaml"))
+    assert static.objectives == ["utility", "leakage:static"]

@@ -28,7 +28,8 @@ from aam_search.trainer.data import TrainingData, task_num_classes
 from aam_search.trainer.losses import LossWeights
 from aam_search.trainer.model import AdapterConfig, PrivacyProjector, TaskHeads, build_adapter, count_parameters
 from aam_search.trainer.objective import AAMObjective
-from aam_search.trainer.train import AAMRecipe, lr_at, run_trial
+from aam_search.trainer.schedule import lr_at
+from aam_search.trainer.train import AAMRecipe, run_trial
 
 EPOCH_KEYS = {"epoch", "loss", "l_lc", "l_task", "l_privacy", "lr", "seconds", "samples_per_s"}
 RESULT_KEYS = {

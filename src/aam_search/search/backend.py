@@ -2,7 +2,8 @@
 
 Each trial is ``aam-search train --config trial.yaml --out DIR`` in a child process: under
 ``accelerate launch`` when it gets GPUs (or a DeepSpeed config), directly on CPU. Children get
-a clean environment (no leftover MLflow run, Accelerate or torch.distributed variables), their
+a clean environment (no leftover MLflow run, Accelerate or torch.distributed variables, no
+store credentials), their
 own devices and main-process port, and their output goes to ``DIR/trial.log``.
 """
 
@@ -21,12 +22,19 @@ from typing import Any
 import yaml
 
 from aam_search.protocol import CONFIG_FILE, LOG_FILE, METRICS_FILE, RESULT_FILE, Status, read_new_metrics
+from aam_search.redact import secrets
+from aam_search.search.config import TRACKING_URI_ENV
 
 # Variables a parent may carry that must never reach a trial: a trial must not join the
 # parent's MLflow run, inherit DeepSpeed/Accelerate state, or a torch.distributed world.
 LEAKY_PREFIXES = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT", "ACCELERATE_", "DEEPSPEED_", "TORCHELASTIC_")
 LEAKY_NAMES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                "GROUP_RANK", "ROLE_RANK", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
+# A trial reports only through its folder: it never talks to the tracking server or the study
+# storage, so their credentials stay with the orchestrator (a trial's plug-in, log or crash
+# dump never sees them). Any variable whose value is a URL carrying a secret goes too.
+CREDENTIAL_NAMES = (TRACKING_URI_ENV, "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                    "MLFLOW_TRACKING_CLIENT_CERT_PATH", "PGPASSWORD", "PGPASSFILE", "MYSQL_PWD")
 
 
 def _parent_death_signal():
@@ -58,8 +66,9 @@ def _parent_death_signal():
 
 def clean_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
-    for key in list(env):
-        if key in LEAKY_NAMES or key.startswith(LEAKY_PREFIXES):
+    for key, value in list(env.items()):
+        if (key in LEAKY_NAMES or key.startswith(LEAKY_PREFIXES) or key in CREDENTIAL_NAMES
+                or ("://" in value and secrets(value))):
             del env[key]
     return env
 

@@ -25,7 +25,7 @@ from aam_search.features.config import (
 )
 from aam_search.redact import has_hidden_secret, redact
 from aam_search.search.objectives import kind_of
-from aam_search.trainer.config import OptimConfig
+from aam_search.trainer.config import EvalConfig, OptimConfig
 
 # Where a worker (or ``promote``) finds a tracking URI that holds a password: the study keeps
 # only the redacted URI, so the secret comes from this machine, never from the database.
@@ -150,6 +150,21 @@ class StudyConfig(BaseModel):
         if isinstance(space, str) and not Path(space).is_absolute() and space.endswith((".yaml", ".yml")):
             return self  # relative to the study file: load_study_config checks it once resolved
         check_space(self)
+        return self
+
+    @model_validator(mode="after")
+    def _protocol_objectives_measured(self) -> StudyConfig:
+        # A trial measures only its eval.protocols: an objective on another one would read a
+        # missing value in every trial and fail the whole budget; say so before anything runs.
+        evaluation = self.trial.get("eval")
+        protocols = evaluation.get("protocols") if isinstance(evaluation, dict) else None
+        if not isinstance(protocols, (list, tuple)):
+            protocols = EvalConfig.model_fields["protocols"].default
+        for name in self.objectives:
+            kind, _, protocol = name.partition(":")
+            if kind == "leakage" and protocol and protocol not in protocols:
+                raise ValueError(f"objective {name!r} needs protocol {protocol!r}, but trial.eval.protocols "
+                                 f"is {list(protocols)}; add it there or drop the objective")
         return self
 
     @model_validator(mode="after")

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from aam_search.trainer.schedule import lr_at
+
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
@@ -41,11 +43,6 @@ class BatchStream:
 def member_batches(pool: torch.Tensor, batch: int, steps: int, generator: torch.Generator) -> torch.Tensor:
     """``[steps, batch]`` row indices of a member (``BatchStream`` taken at once)."""
     return BatchStream(pool, batch, generator).take(steps)
-
-
-def cosine_lr(lr: float, step: int, steps: int) -> float:
-    """The learning rate of ``step`` (0-based) of ``steps``: cosine decay, 0 once past them."""
-    return lr * 0.5 * (1 + math.cos(math.pi * step / steps)) if step < steps else 0.0
 
 
 class MemberAdamW:
@@ -78,7 +75,7 @@ class MemberAdamW:
         for steps, members, params, first, second, counters in self.groups:
             if step >= steps:
                 continue
-            rate = cosine_lr(self.lr, step, steps)
+            rate = lr_at(step, steps, 0, self.lr)
             member_grads = [g[m] for g in grads for m in members]
             torch._foreach_add_(counters, 1.0)
             if self.fused:

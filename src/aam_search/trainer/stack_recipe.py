@@ -34,7 +34,8 @@ from aam_search.trainer.stack import (
     stack_key,
     stack_problem,
 )
-from aam_search.trainer.train import AAMRecipe, TrialStopped, fit_train_eraser, lr_at
+from aam_search.trainer.schedule import lr_at
+from aam_search.trainer.train import AAMRecipe, TrialStopped, fit_train_eraser
 
 STACK_FIELD = "stack"  # result.json: {"size", "position", "trials"} of the stack a member ran in
 

@@ -8,7 +8,6 @@ The trial reports only through files in DIR (see ``reporter``); only rank 0 writ
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import time
@@ -36,6 +35,7 @@ from aam_search.trainer.objective import AAMObjective
 from aam_search.trainer.reporter import TrialReporter
 from aam_search.trainer.rung_eval import rung_epoch_end
 from aam_search.trainer.runtime import make_accelerator, make_adamw, parameter_digest
+from aam_search.trainer.schedule import lr_at
 
 
 class TrialStopped(Exception):
@@ -71,14 +71,6 @@ def fit_train_eraser(cache: FeatureCache, transform: Transform) -> LinearEraser:
         rows = torch.from_numpy(np.isin(owner.numpy(), members)).nonzero().squeeze(1)
         views[name] = (pooled(features[rows], transform), attrs[owner[rows]])
     return fit_eraser(views, list(cache.meta["attr_names"]))
-
-
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
-    """Linear warm-up, then cosine decay to zero."""
-    if warmup_steps and step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 class AAMRecipe:
