@@ -35,7 +35,7 @@ from aam_search.trainer.model import PrivacyProjector, TaskHeads, build_adapter,
 from aam_search.trainer.objective import AAMObjective
 from aam_search.trainer.reporter import TrialReporter
 from aam_search.trainer.rung_eval import rung_epoch_end
-from aam_search.trainer.runtime import make_accelerator, make_adamw, parameter_digest
+from aam_search.trainer.runtime import make_accelerator, make_adamw, parameter_digest, unwrap
 
 
 class TrialStopped(Exception):
@@ -188,7 +188,7 @@ class AAMRecipe:
         self.timings["train_s"] = time.perf_counter() - train_started
         if accelerator.num_processes > 1:  # DDP keeps ranks in step; the log shows they stayed so
             print(f"rank {accelerator.process_index}: trained parameters sha256 "
-                  f"{parameter_digest(accelerator.unwrap_model(self.model))}", file=sys.stderr, flush=True)
+                  f"{parameter_digest(unwrap(accelerator, self.model))}", file=sys.stderr, flush=True)
 
     def _sync(self) -> None:
         if self.accelerator.device.type == "cuda":
@@ -222,7 +222,7 @@ class AAMRecipe:
     def evaluate(self) -> dict[str, Any]:
         started = time.perf_counter()
         config = self.config
-        adapter = self.accelerator.unwrap_model(self.model).adapter.eval()
+        adapter = unwrap(self.accelerator, self.model).adapter.eval()
         device = self.accelerator.device
 
         def adapted(tokens: torch.Tensor) -> torch.Tensor:
@@ -243,7 +243,7 @@ class AAMRecipe:
             self.timings["eraser_fit_s"] = time.perf_counter() - started_fit
         measured = evaluate_features(self.cache, transform, config.eval, seed=config.seed)
         baseline = raw_baseline(self.cache, config.eval, seed=config.seed, device=device)
-        heads = self.accelerator.unwrap_model(self.model).heads.eval()
+        heads = unwrap(self.accelerator, self.model).heads.eval()
         measured["cotrained_top1"] = cotrained_accuracy(heads, self.cache, transform, config.eval.split)
         self.timings["eval_s"] = time.perf_counter() - started
         for line in ci_warnings(measured):
@@ -273,7 +273,7 @@ class AAMRecipe:
         return runtime
 
     def save(self) -> None:
-        unwrapped = self.accelerator.unwrap_model(self.model)
+        unwrapped = unwrap(self.accelerator, self.model)
         save_checkpoint(
             self.out_dir / ADAPTER_FILE,
             unwrapped.adapter,
