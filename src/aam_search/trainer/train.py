@@ -219,8 +219,9 @@ class AAMRecipe:
             raise TrialStopped(*stop)
 
     # ------------------------------------------------------------------ evaluate and save
-    def evaluate(self) -> dict[str, Any]:
-        started = time.perf_counter()
+    def eval_transform(self) -> tuple[Transform, dict[str, Any]]:
+        """The features as users get them: the trained adapter, then the eraser when on (fitted
+        here, on the train split); and the result fields that describe it."""
         config = self.config
         adapter = unwrap(self.accelerator, self.model).adapter.eval()
         device = self.accelerator.device
@@ -241,7 +242,18 @@ class AAMRecipe:
 
             extra["eraser"] = eraser.info
             self.timings["eraser_fit_s"] = time.perf_counter() - started_fit
-        measured = evaluate_features(self.cache, transform, config.eval, seed=config.seed)
+        return transform, extra
+
+    def evaluate(self, prepared: tuple[Transform, dict[str, Any]] | None = None,
+                 measured: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The trial's numbers. A stack whose members' attackers were fitted together passes each
+        member its ``eval_transform()`` and its ``evaluate_features`` result (``measured``)."""
+        started = time.perf_counter()
+        config = self.config
+        device = self.accelerator.device
+        transform, extra = prepared or self.eval_transform()
+        if measured is None:
+            measured = evaluate_features(self.cache, transform, config.eval, seed=config.seed)
         baseline = raw_baseline(self.cache, config.eval, seed=config.seed, device=device)
         heads = unwrap(self.accelerator, self.model).heads.eval()
         measured["cotrained_top1"] = cotrained_accuracy(heads, self.cache, transform, config.eval.split)
@@ -252,7 +264,7 @@ class AAMRecipe:
             **summarize(measured, baseline, config.eval.primary_protocol),
             "measured": measured,
             "baseline": {"tasks": baseline["tasks"], "privacy": baseline["privacy"], "ci": baseline.get("ci")},
-            "adapter_parameters": count_parameters(adapter),
+            "adapter_parameters": count_parameters(unwrap(self.accelerator, self.model).adapter),
             "runtime": self._runtime(),
             **extra,
         }
