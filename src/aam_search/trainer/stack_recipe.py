@@ -35,6 +35,12 @@ from aam_search.trainer.stack import (
 from aam_search.trainer.train import AAMRecipe, TrialStopped, lr_at
 
 STACK_FIELD = "stack"  # result.json: {"size", "position", "trials"} of the stack a member ran in
+# Devices where a stack's members are measured together (one attacker fit for all): on one CPU
+# core the joint fit was slower than one member at a time (11.8 s against 8.0 s for 3 demo
+# members: compute- and cache-bound, and the joint L-BFGS takes the hardest member's
+# iterations), so there members are measured one at a time; on a GPU the attackers' tiny
+# steps are launch-bound, which one fit for all members amortises (BENCHMARKS.md, issue 12).
+JOINT_EVAL_DEVICES = ("cuda",)
 
 
 def check_stackable(configs: list[TrialConfig]) -> None:
@@ -227,6 +233,8 @@ class StackRecipe:
         its measures). Each member's eval_s gets its share of the fit. A group whose joint fit
         fails is left out: its members are then evaluated alone, and fail alone."""
         groups: dict[str, list[int]] = {}
+        if not trained or self.members[trained[0]].accelerator.device.type not in JOINT_EVAL_DEVICES:
+            return {}
         for i in trained:
             config = self.members[i].config
             groups.setdefault(f"{config.seed} {config.eval.model_dump_json()}", []).append(i)
