@@ -75,6 +75,22 @@ def test_each_stacked_member_ends_as_it_would_alone(small_cache, tmp_path, seeds
         assert (outs[i] / TRIAL_FILE).is_file()
 
 
+def test_members_measured_together_end_as_they_would_alone(small_cache, tmp_path, monkeypatch):
+    """The joint evaluation (on CUDA by default) forced on the CPU: each member's result.json
+    still holds its own numbers, and says its evaluation was shared."""
+    import aam_search.trainer.stack_recipe as stack_recipe
+
+    monkeypatch.setattr(stack_recipe, "JOINT_EVAL_DEVICES", ("cpu",))
+    configs = [_config(small_cache, **MEMBERS[i]) for i in range(2)]
+    outs = [tmp_path / f"stacked-{i}" for i in range(2)]
+    assert [r["status"] for r in run_stack(configs, outs)] == [Status.COMPLETED] * 2
+    for i, config in enumerate(configs):
+        run_trial(config, tmp_path / f"alone-{i}")
+        result = _compare(outs[i], tmp_path / f"alone-{i}")
+        assert result["timings"]["eval_together"] == 2
+        assert result["timings"]["eval_s"] >= result["timings"]["eval_shared_s"] > 0
+
+
 def test_a_diverging_member_fails_alone(small_cache, tmp_path):
     configs = [_config(small_cache), _config(small_cache, optim={"lr": 1e6, "grad_clip": None},
                                              guard={"max_lc": 1e-3})]

@@ -20,7 +20,7 @@ from aam_search.features.cache import FeatureCache, write_json_atomic
 from aam_search.trainer.attackers import full_precision
 from aam_search.trainer.config import EvalConfig
 from aam_search.trainer.data import task_names, task_num_classes
-from aam_search.trainer.feature_eval import Transform, evaluate_privacy, evaluate_utility
+from aam_search.trainer.feature_eval import Transform, evaluate_privacy_many, evaluate_utility
 from aam_search.trainer.resampling import Resampler, percentile_ci
 
 # Bump when the evaluation itself changes (probe or attacker training), so that caches keep
@@ -86,29 +86,43 @@ def evaluate_features(
     transform: give it the trial's device); the numbers do not depend on it beyond float
     rounding (generators, initial weights and batches are drawn on the CPU; matmuls at full
     float32 precision, no TF32)."""
+    return evaluate_features_many(cache, [transform], config, seed=seed, device=device)[0]
+
+
+def evaluate_features_many(
+    cache: FeatureCache, transforms: list[Transform | None], config: EvalConfig, *, seed: int,
+    device: torch.device | str | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`evaluate_features` of several transforms that share ``config`` and ``seed`` (a
+    stack's members): the utility probes one transform at a time, the attacker suites of all
+    of them in one fit (``feature_eval.evaluate_privacy_many``); each gets its numbers alone."""
     resampler = None
     if config.bootstrap_resamples:
         resampler = Resampler.draw(cache.video_indices(config.split), config.bootstrap_resamples,
                                    seed=config.bootstrap_seed)
-    samples: dict[str, np.ndarray] = {}
+    samples: list[dict[str, np.ndarray]] = [{} for _ in transforms]
     with full_precision():
-        tasks = {
+        tasks = [{
             task: evaluate_utility(cache, transform, config.split, task=task, seed=seed, epochs=config.probe_epochs,
-                                   resampler=resampler, samples=samples, device=device)
+                                   resampler=resampler, samples=drawn, device=device)
             for task in task_names(cache)
-        }
-        for task in config.unseen_tasks:
-            if task in tasks:
-                tasks[task]["unseen"] = True
-        privacy = evaluate_privacy(
-            cache, transform, config.split, protocols=config.protocols, seed=seed, epochs=config.attacker_epochs,
+        } for transform, drawn in zip(transforms, samples)]
+        for member_tasks in tasks:
+            for task in config.unseen_tasks:
+                if task in member_tasks:
+                    member_tasks[task]["unseen"] = True
+        privacy = evaluate_privacy_many(
+            cache, transforms, config.split, protocols=config.protocols, seed=seed, epochs=config.attacker_epochs,
             attackers=config.attackers, crossfit_folds=config.crossfit_folds, knn_k=config.knn_k,
             resampler=resampler, samples=samples, device=device,
         )
-    result = {"tasks": tasks, "privacy": privacy}
-    if resampler is not None:
-        result.update(_intervals(tasks, privacy, samples))
-    return result
+    results = []
+    for member_tasks, member_privacy, drawn in zip(tasks, privacy, samples):
+        result = {"tasks": member_tasks, "privacy": member_privacy}
+        if resampler is not None:
+            result.update(_intervals(member_tasks, member_privacy, drawn))
+        results.append(result)
+    return results
 
 
 def raw_baseline(cache: FeatureCache, config: EvalConfig, *, seed: int,

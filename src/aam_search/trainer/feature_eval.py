@@ -314,15 +314,8 @@ def evaluate_privacy(
     transform: Transform | None,
     split: str = "val",
     *,
-    protocols: tuple[str, ...] = ("static", "clip"),
-    seed: int = 0,
-    epochs: int = 60,
-    attackers: tuple[str, ...] = ATTACKERS,
-    crossfit_folds: int = CROSSFIT_FOLDS,
-    knn_k: int | None = None,
-    resampler: Resampler | None = None,
     samples: dict[str, np.ndarray] | None = None,
-    device: torch.device | str | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Leakage per protocol: every attacker's cMAP on both fits, the strongest one, and chance.
 
@@ -330,19 +323,51 @@ def evaluate_privacy(
     protocol gets ``ci`` (and ``ci_train``/``ci_crossfit``), ``samples["leakage:<protocol>"]``
     the bootstrap draws of its leakage. Runs where the transform puts the features, or on
     ``device``; every protocol's attackers, both fits, are trained together (``suite_fit``).
+    The settings are :func:`evaluate_privacy_many`'s.
+    """
+    return evaluate_privacy_many(cache, [transform], split, samples=None if samples is None else [samples],
+                                 **settings)[0]
+
+
+def evaluate_privacy_many(
+    cache: FeatureCache,
+    transforms: list[Transform | None],
+    split: str = "val",
+    *,
+    protocols: tuple[str, ...] = ("static", "clip"),
+    seed: int = 0,
+    epochs: int = 60,
+    attackers: tuple[str, ...] = ATTACKERS,
+    crossfit_folds: int = CROSSFIT_FOLDS,
+    knn_k: int | None = None,
+    resampler: Resampler | None = None,
+    samples: list[dict[str, np.ndarray]] | None = None,
+    device: torch.device | str | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`evaluate_privacy` of several transforms (a stack's members) with one attacker fit.
+
+    Each transform's protocols are more protocols of one ``measure_protocols`` call: its
+    members train only on their own protocol's rows, with the keys and generators they have
+    alone, so every transform gets the numbers it gets alone, within float rounding
+    (``tests/trainer/test_batched_eval.py``); ``samples[i]`` takes transform i's draws.
     """
     unknown = sorted(set(attackers) - set(ATTACKER_KINDS))
     if unknown or not attackers:
         raise ValueError(f"unknown attacker kinds {unknown} (use {', '.join(ATTACKER_KINDS)})")
     names = list(cache.meta["attr_names"])
-    measured, rows_of_protocol = protocol_rows(cache, transform, split, protocols, device=device)
-    if not rows_of_protocol:
-        return {}
-    results = measure_protocols(rows_of_protocol, names, kinds=tuple(attackers), folds=crossfit_folds,
-                                epochs=epochs, seed=seed, knn_k=knn_k, resampler=resampler)
-    out: dict[str, Any] = {}
-    for protocol, (record, draws) in zip(measured, results):
-        out[protocol] = record
-        if draws is not None and samples is not None:
-            samples[f"leakage:{protocol}"] = draws
-    return out
+    per_transform = [protocol_rows(cache, transform, split, protocols, device=device) for transform in transforms]
+    rows_of_all = [rows for _, rows_of_protocol in per_transform for rows in rows_of_protocol]
+    if not rows_of_all:
+        return [{} for _ in transforms]
+    results = iter(measure_protocols(rows_of_all, names, kinds=tuple(attackers), folds=crossfit_folds,
+                                     epochs=epochs, seed=seed, knn_k=knn_k, resampler=resampler))
+    outs: list[dict[str, Any]] = []
+    for position, (measured, _) in enumerate(per_transform):
+        out: dict[str, Any] = {}
+        for protocol in measured:
+            record, draws = next(results)
+            out[protocol] = record
+            if draws is not None and samples is not None:
+                samples[position][f"leakage:{protocol}"] = draws
+        outs.append(out)
+    return outs

@@ -25,6 +25,7 @@ from aam_search.trainer.baseline import evaluate_features, worst_case
 from aam_search.trainer.config import EvalConfig
 from aam_search.trainer.feature_eval import Transform
 from aam_search.trainer.model import count_parameters
+from aam_search.trainer.runtime import unwrap
 
 # The cheap evaluation: fixed, so that every trial's rung values are measured alike
 # (whatever the trial's own seed or evaluation settings).
@@ -121,7 +122,7 @@ def evaluate_at_rung(recipe: Any, rung: int, fit_eraser: Callable) -> dict[str, 
     member's recipe is measured alike, once its stacked weights were written back into it."""
     started = time.perf_counter()
     accelerator = recipe.accelerator
-    adapter = accelerator.unwrap_model(recipe.model).adapter
+    adapter = unwrap(accelerator, recipe.model).adapter
     was_training = adapter.training
     adapter.eval()
     device = accelerator.device

@@ -65,6 +65,21 @@ def make_adamw(groups: list[dict], optim: OptimConfig, device: torch.device) -> 
     return torch.optim.AdamW(groups, lr=optim.effective_lr, weight_decay=optim.weight_decay, **implementation)
 
 
+def unwrap(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside the DDP wrapper ``accelerator.prepare`` put round ``model``.
+
+    Not ``accelerator.unwrap_model`` outside DeepSpeed: it imports DeepSpeed whenever it is
+    installed, and DeepSpeed imports MLflow, pandas, pyarrow and FastAPI, 2-4 s of every trial
+    process on a CPU (the first evaluation paid it; see BENCHMARKS.md, issue 12). A compiled
+    adapter is compiled in place (``Module.compile``) and keeps its own class.
+    """
+    if accelerator.distributed_type.value == "DEEPSPEED":
+        return accelerator.unwrap_model(model)
+    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        model = model.module
+    return getattr(model, "_orig_mod", model)  # a whole-model torch.compile, should one come
+
+
 def parameter_digest(module: torch.nn.Module) -> str:
     """sha256 over every parameter's bytes, in name order (one host read, at the end)."""
     digest = hashlib.sha256()

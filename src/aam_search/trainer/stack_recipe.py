@@ -22,6 +22,7 @@ import torch
 
 from aam_search.features.config import ConfigError
 from aam_search.protocol import Status
+from aam_search.trainer.baseline import evaluate_features_many
 from aam_search.trainer.config import TrialConfig
 from aam_search.trainer.guard import DeviceLosses
 from aam_search.trainer.model import count_parameters
@@ -38,6 +39,12 @@ from aam_search.trainer.schedule import lr_at
 from aam_search.trainer.train import AAMRecipe, TrialStopped, fit_train_eraser
 
 STACK_FIELD = "stack"  # result.json: {"size", "position", "trials"} of the stack a member ran in
+# Devices where a stack's members are measured together (one attacker fit for all): on one CPU
+# core the joint fit was slower than one member at a time (11.8 s against 8.0 s for 3 demo
+# members: compute- and cache-bound, and the joint L-BFGS takes the hardest member's
+# iterations), so there members are measured one at a time; on a GPU the attackers' tiny
+# steps are launch-bound, which one fit for all members amortises (BENCHMARKS.md, issue 12).
+JOINT_EVAL_DEVICES = ("cuda",)
 
 
 def check_stackable(configs: list[TrialConfig]) -> None:
@@ -84,9 +91,10 @@ class StackRecipe:
                         if i not in self.outcome:
                             self._fail(i, Status.FAILED, f"{type(error).__name__} in the stacked step: {error}",
                                        started, failure_kind=self.members[i]._failure_kind(error))
-            for i in ready:
-                if i not in self.outcome:
-                    metrics[i] = self._finish(i, started)
+            trained = [i for i in ready if i not in self.outcome]
+            together = self._measure_together(trained)
+            for i in trained:
+                metrics[i] = self._finish(i, started, *together.get(i, (None, None)))
         finally:
             signal.signal(signal.SIGTERM, previous)
             for member in self.members:
@@ -271,11 +279,46 @@ class StackRecipe:
             member.reporter.epoch(row)
             member.epochs_done = epoch + 1
 
-    def _finish(self, i: int, started: float) -> dict[str, Any]:
-        """Evaluate and save one trained member, as its own recipe does; {} when it failed."""
+    def _measure_together(self, trained: list[int]) -> dict[int, tuple[Any, dict[str, Any]]]:
+        """The attacker suites (and probes) of trained members that share their evaluation
+        settings and seed, in one fit (``evaluate_features_many``): member -> (its transform,
+        its measures). Each member's eval_s gets its share of the fit. A group whose joint fit
+        fails is left out: its members are then evaluated alone, and fail alone."""
+        groups: dict[str, list[int]] = {}
+        if not trained or self.members[trained[0]].accelerator.device.type not in JOINT_EVAL_DEVICES:
+            return {}
+        for i in trained:
+            config = self.members[i].config
+            groups.setdefault(f"{config.seed} {config.eval.model_dump_json()}", []).append(i)
+        together: dict[int, tuple[Any, dict[str, Any]]] = {}
+        for group in groups.values():
+            if len(group) < 2 or self.stop_signal:
+                continue
+            first = self.members[group[0]]
+            started = time.perf_counter()
+            try:
+                prepared = [self.members[i].eval_transform() for i in group]
+                measured = evaluate_features_many(first.cache, [transform for transform, _ in prepared],
+                                                  first.config.eval, seed=first.config.seed)
+            except Exception as error:
+                print(f"warning: the joint evaluation of stack members {group} failed ({type(error).__name__}: "
+                      f"{error}); they are evaluated one at a time", file=sys.stderr, flush=True)
+                continue
+            share = (time.perf_counter() - started) / len(group)
+            for i, ready, numbers in zip(group, prepared, measured):
+                together[i] = (ready, numbers)
+                self.members[i].timings["eval_shared_s"] = share
+                self.members[i].timings["eval_together"] = len(group)
+        return together
+
+    def _finish(self, i: int, started: float, prepared: Any = None, measured: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+        """Evaluate and save one trained member, as its own recipe does (with its measures
+        from the joint fit when given); {} when it failed."""
         member = self.members[i]
         try:
-            metrics = member.evaluate()
+            metrics = member.evaluate(prepared, measured)
+            member.timings["eval_s"] += member.timings.get("eval_shared_s", 0.0)
             if self.stop_signal:
                 raise TrialStopped(Status.TERMINATED, f"received {self.stop_signal} during evaluation")
             if member.config.save_adapter:

@@ -34,7 +34,7 @@ from aam_search.trainer.model import PrivacyProjector, TaskHeads, build_adapter,
 from aam_search.trainer.objective import AAMObjective
 from aam_search.trainer.reporter import TrialReporter
 from aam_search.trainer.rung_eval import rung_epoch_end
-from aam_search.trainer.runtime import make_accelerator, make_adamw, parameter_digest
+from aam_search.trainer.runtime import make_accelerator, make_adamw, parameter_digest, unwrap
 from aam_search.trainer.schedule import lr_at
 
 
@@ -185,7 +185,7 @@ class AAMRecipe:
         self.timings["train_s"] = time.perf_counter() - train_started
         if accelerator.num_processes > 1:  # DDP keeps ranks in step; the log shows they stayed so
             print(f"rank {accelerator.process_index}: trained parameters sha256 "
-                  f"{parameter_digest(accelerator.unwrap_model(self.model))}", file=sys.stderr, flush=True)
+                  f"{parameter_digest(unwrap(accelerator, self.model))}", file=sys.stderr, flush=True)
 
     def _sync(self) -> None:
         if self.accelerator.device.type == "cuda":
@@ -216,10 +216,11 @@ class AAMRecipe:
             raise TrialStopped(*stop)
 
     # ------------------------------------------------------------------ evaluate and save
-    def evaluate(self) -> dict[str, Any]:
-        started = time.perf_counter()
+    def eval_transform(self) -> tuple[Transform, dict[str, Any]]:
+        """The features as users get them: the trained adapter, then the eraser when on (fitted
+        here, on the train split); and the result fields that describe it."""
         config = self.config
-        adapter = self.accelerator.unwrap_model(self.model).adapter.eval()
+        adapter = unwrap(self.accelerator, self.model).adapter.eval()
         device = self.accelerator.device
 
         def adapted(tokens: torch.Tensor) -> torch.Tensor:
@@ -238,9 +239,20 @@ class AAMRecipe:
 
             extra["eraser"] = eraser.info
             self.timings["eraser_fit_s"] = time.perf_counter() - started_fit
-        measured = evaluate_features(self.cache, transform, config.eval, seed=config.seed)
+        return transform, extra
+
+    def evaluate(self, prepared: tuple[Transform, dict[str, Any]] | None = None,
+                 measured: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The trial's numbers. A stack whose members' attackers were fitted together passes each
+        member its ``eval_transform()`` and its ``evaluate_features`` result (``measured``)."""
+        started = time.perf_counter()
+        config = self.config
+        device = self.accelerator.device
+        transform, extra = prepared or self.eval_transform()
+        if measured is None:
+            measured = evaluate_features(self.cache, transform, config.eval, seed=config.seed)
         baseline = raw_baseline(self.cache, config.eval, seed=config.seed, device=device)
-        heads = self.accelerator.unwrap_model(self.model).heads.eval()
+        heads = unwrap(self.accelerator, self.model).heads.eval()
         measured["cotrained_top1"] = cotrained_accuracy(heads, self.cache, transform, config.eval.split)
         self.timings["eval_s"] = time.perf_counter() - started
         for line in ci_warnings(measured):
@@ -249,7 +261,7 @@ class AAMRecipe:
             **summarize(measured, baseline, config.eval.primary_protocol),
             "measured": measured,
             "baseline": {"tasks": baseline["tasks"], "privacy": baseline["privacy"], "ci": baseline.get("ci")},
-            "adapter_parameters": count_parameters(adapter),
+            "adapter_parameters": count_parameters(unwrap(self.accelerator, self.model).adapter),
             "runtime": self._runtime(),
             **extra,
         }
@@ -270,7 +282,7 @@ class AAMRecipe:
         return runtime
 
     def save(self) -> None:
-        unwrapped = self.accelerator.unwrap_model(self.model)
+        unwrapped = unwrap(self.accelerator, self.model)
         save_checkpoint(
             self.out_dir / ADAPTER_FILE,
             unwrapped.adapter,
