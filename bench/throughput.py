@@ -51,7 +51,7 @@ from aam_search.trainer.baseline import cotrained_tasks
 from aam_search.trainer.data import TrainingData
 from aam_search.trainer.head_cache import pretrained_heads
 from aam_search.trainer.losses import LossWeights
-from aam_search.trainer.model import AdapterConfig, TaskHeads, build_adapter, count_parameters
+from aam_search.trainer.model import TaskHeads, build_adapter, count_parameters
 from aam_search.trainer.objective import AAMObjective
 from aam_search.trainer.stack import StackedAAM, member_bytes
 

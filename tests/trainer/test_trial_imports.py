@@ -19,7 +19,10 @@ print(json.dumps({"status": result["status"], "imported": sorted(m for m in ("de
 
 
 def test_a_cpu_trial_does_not_import_deepspeed_or_mlflow(small_cache, tmp_path):
-    config = _write_yaml(tmp_path / "trial.yaml", _config_data(small_cache, optim={"epochs": 1}))
+    # A rung at epoch 1 (no orchestrator: the wait ends at once) runs the rung evaluation's
+    # unwrap too, then the final evaluation's and the checkpoint's.
+    config = _write_yaml(tmp_path / "trial.yaml", _config_data(
+        small_cache, optim={"epochs": 2}, eval={"rungs": [1], "rung_wait_s": 0.01}))
     proc = subprocess.run([sys.executable, "-c", PROBE, str(config), str(tmp_path / "out")], capture_output=True,
                           text=True, env=_child_env(), timeout=240)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
