@@ -115,10 +115,11 @@ def trial_config(epochs: int, batch_size: int) -> dict:
 
 
 def run_study(name: str, workdir: Path, cache_path: Path, sampler: str, seed: int, trials: int, trial: dict,
-              stopping: dict | None) -> tuple[list[tuple[float, float]], int]:
+              stopping: dict | None, space: str) -> tuple[list[tuple[float, float]], int]:
     """(cumulative compute seconds, hypervolume) after each ended trial, and the pruned count."""
     data = {"name": name, "workdir": str(workdir), "data": {"cache": str(cache_path)}, "trial": trial,
-            "sampler": sampler, "seed": seed, "n_trials": trials, "max_parallel": 1, "track": False}
+            "sampler": sampler, "seed": seed, "n_trials": trials, "max_parallel": 1, "track": False,
+            "space": space}
     if stopping is not None:
         data["early_stopping"] = stopping
     orchestrator = Orchestrator(parse_study_config(data, f"bench study {name}"))
@@ -147,9 +148,9 @@ def main_studies(args: argparse.Namespace) -> None:
     for sampler in args.samplers:
         for seed in args.seeds:
             full, _ = run_study(f"full-{sampler}-{seed}", workdir / "studies", cache.path, sampler, seed,
-                                args.trials, trial, None)
+                                args.trials, trial, None, args.space)
             asha, pruned = run_study(f"asha-{sampler}-{seed}", workdir / "studies", cache.path, sampler, seed,
-                                     asha_trials, trial, stopping)
+                                     asha_trials, trial, stopping, args.space)
             fraction = compute_fraction(asha, full)
             fractions.append(fraction)
             pruned_total += pruned
@@ -160,7 +161,7 @@ def main_studies(args: argparse.Namespace) -> None:
                   f"compute fraction {fraction:.3f}", flush=True)
     finite = [f for f in fractions if f != float("inf")]
     print(f"mode=study samplers={','.join(args.samplers)} seeds={len(args.seeds)} trials={args.trials} "
-          f"asha_trials={asha_trials} epochs={args.epochs} min_epochs={args.min_epochs} "
+          f"asha_trials={asha_trials} space={args.space} epochs={args.epochs} min_epochs={args.min_epochs} "
           f"reduction_factor={args.reduction_factor} videos={args.videos} "
           f"compute_fraction_median={statistics.median(fractions):.3f} compute_fraction_min={min(fractions):.3f} "
           f"compute_fraction_max={max(fractions):.3f} reached={len(finite)}/{len(fractions)} "
@@ -191,6 +192,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--samplers", nargs="+", default=["tpe"])
     parser.add_argument("--trials", type=int, default=8, help="full-fidelity trials per study")
+    parser.add_argument("--space", default="privacy",
+                        help="search space preset; default the one `aam-search init` writes, whose trials "
+                             "differ more than loss-weights' do on the synthetic data")
     parser.add_argument("--asha-trials", type=int, default=None, help="MO-ASHA trials per study; default 2x")
     parser.add_argument("--epochs", type=int, default=9, help="trial epochs; raise for longer trials")
     parser.add_argument("--batch-size", type=int, default=16)
