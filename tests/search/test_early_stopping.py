@@ -59,6 +59,46 @@ def _brute_rank(points):
     return front, crowd
 
 
+def _union_area(points, reference):
+    """Area dominated by ``points`` (minimised) below ``reference``, cell by cell."""
+    xs = sorted({p[0] for p in points} | {reference[0]})
+    ys = sorted({p[1] for p in points} | {reference[1]})
+    area = 0.0
+    for x0, x1 in zip(xs, xs[1:]):
+        for y0, y1 in zip(ys, ys[1:]):
+            if any(p[0] <= x0 and p[1] <= y0 for p in points):
+                area += (x1 - x0) * (y1 - y0)
+    return area
+
+
+def _brute_volume(points, front):
+    """Each point's exclusive hypervolume in its front, by its definition (two objectives)."""
+    columns = list(zip(*points))
+    reference = [max(c) + (0.1 * (max(c) - min(c)) if max(c) > min(c) else 1.0) for c in columns]
+    volume = [0.0] * len(points)
+    for f in set(front):
+        members = [points[i] for i in range(len(points)) if front[i] == f]
+        whole = _union_area(members, reference)
+        for i in range(len(points)):
+            if front[i] == f:
+                rest = [points[j] for j in range(len(points)) if front[j] == f and j != i]
+                volume[i] = whole - _union_area(rest, reference)
+    return volume
+
+
+def test_a_newcomer_at_the_other_end_of_the_front_beats_duplicated_points():
+    # The benchmark's case (utility up, leakage down): two trials identical at rung 1, a third
+    # with far better leakage. By crowding distance alone it lost to an earlier end point.
+    assert should_continue([[0.75, 0.889], [0.75, 0.889]], [0.708, 0.657], ["maximize", "minimize"], 3)
+
+
+def test_the_newcomer_adding_less_volume_stops():
+    # Both ends of a 3-point front are infinite in crowding; their exclusive volumes differ.
+    recorded = [[0.0, 10.0], [5.0, 5.0]]
+    assert not should_continue(recorded, [9.0, 4.9], MIN2, reduction_factor=3)  # adds a sliver
+    assert should_continue(recorded, [1.0, 0.0], MIN2, reduction_factor=3)  # adds the most
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_random_rungs_match_brute_force(seed):
     rng = np.random.default_rng(seed)
@@ -68,8 +108,12 @@ def test_random_rungs_match_brute_force(seed):
     signs = [1 if d == "minimize" else -1 for d in directions]
     points = [tuple(v * s for v, s in zip(row, signs)) for row in raw]
     front, crowd = _brute_rank(points)
+    volume = _brute_volume(points, front) if m == 2 else [0.0] * n
     new = n - 1
-    better = sum(1 for i in range(n - 1)
-                 if front[i] < front[new] or (front[i] == front[new] and crowd[i] >= crowd[new]))
+
+    def key(i):  # smaller is better; an earlier row wins a pure tie
+        return (front[i], -round(volume[i], 9), -crowd[i])
+
+    better = sum(1 for i in range(n - 1) if key(i) <= key(new))
     expected = n < eta or better < keep_count(n, eta)
     assert should_continue(raw[:-1].tolist(), raw[-1].tolist(), directions, eta) == expected
