@@ -74,7 +74,8 @@ def decide(recorded: list[list[float]], vector: list[float], objectives: list[st
     values = [*recorded, vector]
     place = ranking(values, directions).index(len(recorded)) + 1
     keep = keep_count(len(values), reduction_factor)
-    return f"ranked {place} of {len(values)} by non-dominated fronts and crowding; the top {keep} go on"
+    return (f"ranked {place} of {len(values)} by non-dominated fronts, hypervolume contribution and crowding; "
+            f"the top {keep} go on")
 
 
 def on_rung(study: optuna.Study, trial: optuna.Trial, out_dir: Path, line: dict[str, Any],
