@@ -2,8 +2,9 @@
 
 A trial reaching a rung for the first time is ranked against the vectors already recorded
 there: successive non-dominated fronts first, then, inside the front that the cut falls in,
-by the hypervolume each point alone adds to its front (two objectives; the reference point is
-the rung's worst value of each objective plus a tenth of its span), then by crowding distance
+by the hypervolume each point alone adds to its front (two objectives; at the study's own
+hypervolume reference point, pushed out where a rung vector is worse than it to the rung's worst
+value plus a tenth of the span; without one, that rung point alone), then by crowding distance
 (larger first; boundary points infinite; the only key for three or more objectives). It continues iff its rank is
 within the top ``max(1, floor(n / eta))`` of the ``n`` vectors at the rung, itself included
 (ASHA's rule); while fewer than ``eta`` vectors are recorded there, it always continues.
@@ -93,7 +94,8 @@ def hypervolume_contributions(front: np.ndarray, reference: np.ndarray) -> np.nd
     return contribution
 
 
-def ranking(values: np.ndarray, directions: Sequence[Direction]) -> list[int]:
+def ranking(values: np.ndarray, directions: Sequence[Direction],
+            reference: Sequence[float] | None = None) -> list[int]:
     """Row indices best first: by front, then (two objectives) by hypervolume contribution,
     then by crowding distance; pure ties: earlier row first, so a newcomer placed last never
     wins one.
@@ -101,14 +103,21 @@ def ranking(values: np.ndarray, directions: Sequence[Direction]) -> list[int]:
     Crowding distance alone could not tell a front's two ends apart (both infinite), so a
     newcomer at one end lost to any earlier point at the other, and two identical early points
     (common: a probe's top-1 on a small val set is coarse) both counted as ends; in the
-    benchmark that stopped the trial that later held the front's best leakage."""
+    benchmark that stopped the trial that later held the front's best leakage.
+
+    ``reference`` is the study's hypervolume reference point (in the objectives' own
+    directions): the contributions are then those to the volume the study maximises, so a
+    newcomer's gain is weighed as the study will weigh it; the rung's own point bounds any
+    coordinate a rung vector is worse in."""
     points = _as_minimization(np.asarray(values, dtype=float), directions)
-    reference = reference_point(points)
+    bound = reference_point(points)
+    if reference is not None and np.all(np.isfinite(np.asarray(reference, dtype=float))):
+        bound = np.maximum(bound, _as_minimization(np.asarray([reference], dtype=float), directions)[0])
     order: list[int] = []
     for front in non_dominated_fronts(points):
         crowd = crowding_distance(points[front])
         if points.shape[1] == 2:
-            volume = hypervolume_contributions(points[front], reference)
+            volume = hypervolume_contributions(points[front], bound)
         else:
             volume = np.zeros(len(front))
         order.extend(front[i] for i in sorted(range(len(front)), key=lambda i: (-volume[i], -crowd[i], i)))
@@ -121,12 +130,14 @@ def keep_count(n_recorded: int, reduction_factor: int) -> int:
 
 
 def should_continue(recorded: Sequence[Sequence[float]], newcomer: Sequence[float],
-                    directions: Sequence[Direction], reduction_factor: int) -> bool:
-    """On ``newcomer``'s first arrival at a rung holding ``recorded``: go on or stop."""
+                    directions: Sequence[Direction], reduction_factor: int,
+                    reference: Sequence[float] | None = None) -> bool:
+    """On ``newcomer``'s first arrival at a rung holding ``recorded``: go on or stop
+    (``reference``: the study's hypervolume reference point, see :func:`ranking`)."""
     n = len(recorded) + 1
     if n < reduction_factor:
         return True  # too few to judge: ASHA lets a trial through
     values = np.array([*recorded, newcomer], dtype=float)
     if not np.all(np.isfinite(values)):
         raise ValueError("rung values must be finite")
-    return ranking(values, directions).index(n - 1) < keep_count(n, reduction_factor)
+    return ranking(values, directions, reference).index(n - 1) < keep_count(n, reduction_factor)

@@ -263,7 +263,7 @@ class Orchestrator:
         for number, (running, trial) in list(self.running.items()):
             for line in running.poll_metrics():
                 if RUNG_KEY in line:  # a rung: record it, decide on first arrival, answer the trial
-                    on_rung(self.study, trial, running.out_dir, line[RUNG_KEY], self.config)
+                    on_rung(self.study, trial, running.out_dir, line[RUNG_KEY], self.config, self.reference)
                 else:
                     self._emit(EpochReported(number=number, metrics=line))
             if not running.finished() and running.elapsed > running.timeout_s:

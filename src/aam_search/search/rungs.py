@@ -12,6 +12,7 @@ never retried and keeps its slot (it counts toward ``n_trials``: it used its com
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,20 +67,21 @@ def recorded_at(trials: list[optuna.trial.FrozenTrial], epoch: int, *, besides: 
 
 
 def decide(recorded: list[list[float]], vector: list[float], objectives: list[str],
-           reduction_factor: int) -> str | None:
-    """None to go on, else why the trial stops."""
+           reduction_factor: int, reference: Sequence[float] | None = None) -> str | None:
+    """None to go on, else why the trial stops (``reference``: the study's hypervolume
+    reference point, which weighs ties in a front)."""
     directions = [direction(name) for name in objectives]
-    if should_continue(recorded, vector, directions, reduction_factor):
+    if should_continue(recorded, vector, directions, reduction_factor, reference):
         return None
     values = [*recorded, vector]
-    place = ranking(values, directions).index(len(recorded)) + 1
+    place = ranking(values, directions, reference).index(len(recorded)) + 1
     keep = keep_count(len(values), reduction_factor)
     return (f"ranked {place} of {len(values)} by non-dominated fronts, hypervolume contribution and crowding; "
             f"the top {keep} go on")
 
 
 def on_rung(study: optuna.Study, trial: optuna.Trial, out_dir: Path, line: dict[str, Any],
-            config: StudyConfig) -> dict[str, Any] | None:
+            config: StudyConfig, reference: Sequence[float] | None = None) -> dict[str, Any] | None:
     """Record a trial's rung line and answer the waiting trial. Returns what was decided
     ({"epoch", "values", "reason"}; reason None: it goes on), or None when the line could not
     be judged (the trial goes on)."""
@@ -95,7 +97,7 @@ def on_rung(study: optuna.Study, trial: optuna.Trial, out_dir: Path, line: dict[
         reason = earlier.get("reason")
     else:
         recorded = recorded_at(study.get_trials(deepcopy=False), epoch, besides=private.trial_id(trial))
-        reason = decide(recorded, vector, config.objectives, stopping.reduction_factor)
+        reason = decide(recorded, vector, config.objectives, stopping.reduction_factor, reference)
         trial.set_user_attr(rung_attr(epoch), {"values": vector, "continued": reason is None, "reason": reason})
     if reason is None:
         let_continue(out_dir, rung=epoch)
