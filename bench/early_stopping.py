@@ -7,7 +7,8 @@ MO-ASHA saves it spends on more trials). After every finished or pruned trial, i
 they ended, the cumulative compute (the trials' own seconds, ``timings.total_s`` of
 result.json: rung evaluations and the waits for verdicts included, process start-up not) and
 the hypervolume of the COMPLETE trials (pruned ones never enter it), at the study's
-reference point. Prints, per seed, the compute fraction MO-ASHA needs to reach the
+reference point; and the same in trained epochs (``epochs_done``), which the machine's load
+does not move. Prints, per seed, the compute fraction MO-ASHA needs to reach the
 full-fidelity study's final hypervolume (inf if never), then its median and spread over seeds.
 Last line: key=value pairs, ``pruned=<count>`` among them. Each run writes to its own fresh
 folder under /tmp unless ``--workdir`` is given.
@@ -115,8 +116,9 @@ def trial_config(epochs: int, batch_size: int) -> dict:
 
 
 def run_study(name: str, workdir: Path, cache_path: Path, sampler: str, seed: int, trials: int, trial: dict,
-              stopping: dict | None, space: str) -> tuple[list[tuple[float, float]], int]:
-    """(cumulative compute seconds, hypervolume) after each ended trial, and the pruned count."""
+              stopping: dict | None, space: str) -> tuple[list[tuple[float, float]], int, list[tuple[float, float]]]:
+    """(cumulative compute seconds, hypervolume) after each ended trial, the pruned count, and
+    the same history in trained epochs (a measure the machine's load does not move)."""
     data = {"name": name, "workdir": str(workdir), "data": {"cache": str(cache_path)}, "trial": trial,
             "sampler": sampler, "seed": seed, "n_trials": trials, "max_parallel": 1, "track": False,
             "space": space}
@@ -128,13 +130,16 @@ def run_study(name: str, workdir: Path, cache_path: Path, sampler: str, seed: in
         raise KeyboardInterrupt(f"study {name} was interrupted")
     ended = sorted((t for t in orchestrator.study.get_trials(deepcopy=False) if t.state in FINISHED
                     and t.datetime_complete is not None), key=lambda t: t.datetime_complete)
-    history, compute = [], 0.0
+    history, by_epochs, compute, epochs = [], [], 0.0, 0
     for index, trial_record in enumerate(ended):
         path = Path(trial_record.user_attrs.get("out_dir", "")) / RESULT_FILE
         result = json.loads(path.read_text()) if path.is_file() else {}
         compute += float((result.get("timings") or {}).get("total_s") or 0.0)
-        history.append((compute, hypervolume(ended[: index + 1], OBJECTIVES, orchestrator.reference)))
-    return history, sum(t.state == TrialState.PRUNED for t in ended)
+        epochs += int(result.get("epochs_done") or 0)
+        volume = hypervolume(ended[: index + 1], OBJECTIVES, orchestrator.reference)
+        history.append((compute, volume))
+        by_epochs.append((epochs, volume))
+    return history, sum(t.state == TrialState.PRUNED for t in ended), by_epochs
 
 
 def main_studies(args: argparse.Namespace) -> None:
@@ -144,27 +149,29 @@ def main_studies(args: argparse.Namespace) -> None:
     trial = trial_config(args.epochs, args.batch_size)
     stopping = {"kind": "mo-asha", "min_epochs": args.min_epochs, "reduction_factor": args.reduction_factor}
     asha_trials = args.asha_trials or 2 * args.trials
-    fractions, pruned_total, full_hv, asha_hv = [], 0, [], []
+    fractions, epoch_fractions, pruned_total, full_hv, asha_hv = [], [], 0, [], []
     for sampler in args.samplers:
         for seed in args.seeds:
-            full, _ = run_study(f"full-{sampler}-{seed}", workdir / "studies", cache.path, sampler, seed,
+            full, _, full_epochs = run_study(f"full-{sampler}-{seed}", workdir / "studies", cache.path, sampler, seed,
                                 args.trials, trial, None, args.space)
-            asha, pruned = run_study(f"asha-{sampler}-{seed}", workdir / "studies", cache.path, sampler, seed,
+            asha, pruned, asha_epochs = run_study(f"asha-{sampler}-{seed}", workdir / "studies", cache.path, sampler, seed,
                                      asha_trials, trial, stopping, args.space)
             fraction = compute_fraction(asha, full)
             fractions.append(fraction)
+            epoch_fractions.append(compute_fraction(asha_epochs, full_epochs))
             pruned_total += pruned
             full_hv.append(full[-1][1])
             asha_hv.append(asha[-1][1])
             print(f"{sampler} seed {seed}: full hv {full[-1][1]:.4f} in {full[-1][0]:.0f}s ({args.trials} trials); "
                   f"mo-asha hv {asha[-1][1]:.4f} in {asha[-1][0]:.0f}s ({asha_trials} trials, {pruned} pruned); "
-                  f"compute fraction {fraction:.3f}", flush=True)
+                  f"compute fraction {fraction:.3f} (in trained epochs {epoch_fractions[-1]:.3f})", flush=True)
     finite = [f for f in fractions if f != float("inf")]
     print(f"mode=study samplers={','.join(args.samplers)} seeds={len(args.seeds)} trials={args.trials} "
           f"asha_trials={asha_trials} space={args.space} epochs={args.epochs} min_epochs={args.min_epochs} "
           f"reduction_factor={args.reduction_factor} videos={args.videos} "
           f"compute_fraction_median={statistics.median(fractions):.3f} compute_fraction_min={min(fractions):.3f} "
           f"compute_fraction_max={max(fractions):.3f} reached={len(finite)}/{len(fractions)} "
+          f"compute_fraction_epochs_median={statistics.median(epoch_fractions):.3f} "
           f"full_hv_median={statistics.median(full_hv):.4f} asha_hv_median={statistics.median(asha_hv):.4f} "
           f"pruned={pruned_total} seconds={time.perf_counter() - started:.0f} workdir={workdir}")
 
