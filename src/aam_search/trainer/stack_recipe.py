@@ -194,8 +194,12 @@ class StackRecipe:
                 stacked.keep(keep)
         for position, i in enumerate(alive):
             stacked.write_back(position, self.members[i].objective)
-            self.members[i].timings["train_s"] = time.perf_counter() - started_at
-            self.members[i].timings["stack_size"] = len(chunk)
+            self._stamp_training(i, started_at, len(chunk))
+
+    def _stamp_training(self, i: int, started: float, size: int) -> None:
+        """A member's training timings, once it leaves the stack (trained, or pruned)."""
+        self.members[i].timings["train_s"] = time.perf_counter() - started
+        self.members[i].timings["stack_size"] = size
 
     def _rungs(self, stacked: StackedAAM, alive: list[int], epochs_done: int, started: float,
                size: int) -> set[int]:
@@ -227,8 +231,7 @@ class StackRecipe:
             member = self.members[i]
             if epochs_done not in member.config.eval.rungs:  # a stop read between rungs
                 stacked.write_back(p, member.objective)
-            member.timings["train_s"] = time.perf_counter() - started
-            member.timings["stack_size"] = size
+            self._stamp_training(i, started, size)
             if member.config.save_adapter:
                 member.save()  # a pruned member keeps its checkpoint
             stop = TrialStopped.pruned(epochs_done, pruned_fields(request, line))

@@ -252,7 +252,8 @@ class AAMRecipe:
         if measured is None:
             measured = evaluate_features(self.cache, transform, config.eval, seed=config.seed)
         baseline = raw_baseline(self.cache, config.eval, seed=config.seed, device=device)
-        heads = unwrap(self.accelerator, self.model).heads.eval()
+        module = unwrap(self.accelerator, self.model)
+        heads = module.heads.eval()
         measured["cotrained_top1"] = cotrained_accuracy(heads, self.cache, transform, config.eval.split)
         self.timings["eval_s"] = time.perf_counter() - started
         for line in ci_warnings(measured):
@@ -261,7 +262,7 @@ class AAMRecipe:
             **summarize(measured, baseline, config.eval.primary_protocol),
             "measured": measured,
             "baseline": {"tasks": baseline["tasks"], "privacy": baseline["privacy"], "ci": baseline.get("ci")},
-            "adapter_parameters": count_parameters(unwrap(self.accelerator, self.model).adapter),
+            "adapter_parameters": count_parameters(module.adapter),
             "runtime": self._runtime(),
             **extra,
         }
