@@ -3,8 +3,9 @@
 For each sampler and seed (>= 5), two real studies (the orchestrator, trial subprocesses) on
 the synthetic dataset: one at full fidelity with ``--trials`` trials, one with
 ``early_stopping: {kind: mo-asha}`` and ``--asha-trials`` trials (default twice as many: what
-MO-ASHA saves it spends on more trials). After every finished or pruned trial, in the order
-they ended, the cumulative compute (the trials' own seconds, ``timings.total_s`` of
+MO-ASHA saves it spends on more trials); both samplers draw the same random start-up
+trials (``startup_trials``, the full study's default). After every finished or pruned trial,
+in the order they ended, the cumulative compute (the trials' own seconds, ``timings.total_s`` of
 result.json: rung evaluations and the waits for verdicts included, process start-up not) and
 the hypervolume of the COMPLETE trials (pruned ones never enter it), at the study's
 reference point; and the same in trained epochs (``epochs_done``), which the machine's load
@@ -37,7 +38,7 @@ import torch
 from optuna.trial import TrialState
 
 from aam_search.protocol import RESULT_FILE
-from aam_search.search.config import parse_study_config
+from aam_search.search.config import default_startup_trials, parse_study_config
 from aam_search.search.early_stopping import rung_epochs, should_continue
 from aam_search.search.orchestrator import Orchestrator
 from aam_search.search.pareto import hypervolume
@@ -116,12 +117,12 @@ def trial_config(epochs: int, batch_size: int) -> dict:
 
 
 def run_study(name: str, workdir: Path, cache_path: Path, sampler: str, seed: int, trials: int, trial: dict,
-              stopping: dict | None, space: str) -> tuple[list[tuple[float, float]], int, list[tuple[float, float]]]:
+              stopping: dict | None, space: str, startup: int) -> tuple[list[tuple[float, float]], int, list[tuple[float, float]]]:
     """(cumulative compute seconds, hypervolume) after each ended trial, the pruned count, and
     the same history in trained epochs (a measure the machine's load does not move)."""
     data = {"name": name, "workdir": str(workdir), "data": {"cache": str(cache_path)}, "trial": trial,
             "sampler": sampler, "seed": seed, "n_trials": trials, "max_parallel": 1, "track": False,
-            "space": space}
+            "space": space, "startup_trials": startup}
     if stopping is not None:
         data["early_stopping"] = stopping
     orchestrator = Orchestrator(parse_study_config(data, f"bench study {name}"))
@@ -149,13 +150,16 @@ def main_studies(args: argparse.Namespace) -> None:
     trial = trial_config(args.epochs, args.batch_size)
     stopping = {"kind": "mo-asha", "min_epochs": args.min_epochs, "reduction_factor": args.reduction_factor}
     asha_trials = args.asha_trials or 2 * args.trials
+    # The same sampler in both arms: the random start-up the full study's size gives it (by
+    # default it would grow with the MO-ASHA arm's larger trial count).
+    startup = default_startup_trials(args.trials)
     fractions, epoch_fractions, pruned_total, full_hv, asha_hv = [], [], 0, [], []
     for sampler in args.samplers:
         for seed in args.seeds:
             full, _, full_epochs = run_study(f"full-{sampler}-{seed}", workdir / "studies", cache.path, sampler, seed,
-                                args.trials, trial, None, args.space)
+                                args.trials, trial, None, args.space, startup)
             asha, pruned, asha_epochs = run_study(f"asha-{sampler}-{seed}", workdir / "studies", cache.path, sampler, seed,
-                                     asha_trials, trial, stopping, args.space)
+                                     asha_trials, trial, stopping, args.space, startup)
             fraction = compute_fraction(asha, full)
             fractions.append(fraction)
             epoch_fractions.append(compute_fraction(asha_epochs, full_epochs))
@@ -167,7 +171,7 @@ def main_studies(args: argparse.Namespace) -> None:
                   f"compute fraction {fraction:.3f} (in trained epochs {epoch_fractions[-1]:.3f})", flush=True)
     finite = [f for f in fractions if f != float("inf")]
     print(f"mode=study samplers={','.join(args.samplers)} seeds={len(args.seeds)} trials={args.trials} "
-          f"asha_trials={asha_trials} space={args.space} epochs={args.epochs} min_epochs={args.min_epochs} "
+          f"asha_trials={asha_trials} startup_trials={startup} space={args.space} epochs={args.epochs} min_epochs={args.min_epochs} "
           f"reduction_factor={args.reduction_factor} videos={args.videos} "
           f"compute_fraction_median={statistics.median(fractions):.3f} compute_fraction_min={min(fractions):.3f} "
           f"compute_fraction_max={max(fractions):.3f} reached={len(finite)}/{len(fractions)} "

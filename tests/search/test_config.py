@@ -132,3 +132,16 @@ def test_an_objective_on_a_measured_protocol_is_accepted(tmp_path):
     static = load_study_config(_write(tmp_path, {**BASE, "objectives": ["utility", "leakage:static"],
                                                  "trial": {"eval": {"protocols": ["static"]}}}, "s2.yaml"))
     assert static.objectives == ["utility", "leakage:static"]
+
+
+def test_the_sampler_startup_is_a_third_of_the_study_within_2_to_10_unless_given(tmp_path):
+    from aam_search.search.study import make_sampler
+
+    def startup(**changes) -> int:
+        return make_sampler(parse_study_config({**BASE, **changes}), None)._n_startup_trials
+
+    assert [startup(n_trials=n) for n in (3, 12, 36, 100)] == [2, 4, 10, 10]
+    # A comparison of studies of different sizes (bench/early_stopping.py) holds it fixed.
+    assert startup(n_trials=36, startup_trials=4) == 4
+    assert make_sampler(parse_study_config({**BASE, "sampler": "gp", "startup_trials": 3}), None)._n_startup_trials == 3
+    assert "startup_trials" in _refused(tmp_path, startup_trials=0)

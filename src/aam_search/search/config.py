@@ -35,6 +35,11 @@ STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 STUDY_NAME_RULE = "starts with a letter or digit and holds only letters, digits, '_', '.' and '-'"
 
 
+def default_startup_trials(n_trials: int) -> int:
+    """A third of a study's trials at random before the sampler models, within 2..10."""
+    return min(10, max(2, n_trials // 3))
+
+
 def default_workdir(name: str) -> Path:
     return Path("work") / name
 
@@ -91,6 +96,8 @@ class StudyConfig(BaseModel):
     sampler: Literal["tpe", "nsga2", "nsga3", "gp", "random", "grid"] = "tpe"  # won bench/search_efficiency.py (5 seeds)
     seed: Seed = 0
     n_trials: int = Field(default=12, ge=1)
+    startup_trials: int | None = Field(default=None, ge=1, description="trials tpe and gp draw at random "
+                                       "before they model; default n_trials // 3 within 2..10")
     enqueue_paper_default: bool = True
     enqueue: list[dict[str, Any]] = Field(default_factory=list, description="points to try first")
     max_parallel: int = Field(default=1, ge=1, description="concurrent trials on CPU")
@@ -172,6 +179,11 @@ class StudyConfig(BaseModel):
         if self.workdir is None:
             self.workdir = default_workdir(self.name)
         return self
+
+    @property
+    def sampler_startup(self) -> int:
+        """The random trials tpe and gp draw first: given, or a third of the study within 2..10."""
+        return self.startup_trials or default_startup_trials(self.n_trials)
 
     @property
     def storage_url(self) -> str:

@@ -70,14 +70,14 @@ def make_sampler(config: StudyConfig, grid: dict[str, list] | None) -> optuna.sa
     name = config.sampler
     if name == "tpe":
         # Stacked trials are asked together: the liar keeps TPE from proposing one point K times.
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, config.n_trials // 3)),
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.sampler_startup,
                                           constant_liar=config.stack > 1)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, config.n_trials // 3)))
     if name == "nsga3":
         return optuna.samplers.NSGAIIISampler(seed=seed, population_size=max(4, min(20, config.n_trials // 3)))
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(2, config.n_trials // 3)))
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=config.sampler_startup)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
