@@ -166,7 +166,7 @@ def main_studies(args: argparse.Namespace) -> None:
     # default it would grow with the MO-ASHA arm's larger trial count).
     startup = default_startup_trials(args.trials)
     fractions, epoch_fractions, pruned_total, full_hv, asha_hv, spreads = [], [], 0, [], [], []
-    val_videos = len(cache.video_indices("val"))
+    val_videos = len(cache.video_indices("val", with_action=True))  # what top-1 is measured on: no images
     standard_error = float("nan")
     for sampler in args.samplers:
         for seed in args.seeds:
