@@ -145,14 +145,16 @@ def run_study(name: str, workdir: Path, cache_path: Path, sampler: str, seed: in
     return history, sum(t.state == TrialState.PRUNED for t in ended), by_epochs, finals
 
 
-def utility_spread(finals: list[tuple[float, float]], val_videos: int) -> tuple[float, float]:
-    """The full study's utility range across its trials, and one binomial standard error of a
-    top-1 accuracy near their mean on ``val_videos`` videos: a range within about two standard
-    errors means the trials differ in utility by noise alone, so which of them makes the
-    front, and so the final hypervolume, is decided by a video or two."""
-    utilities = [u for u, _ in finals]
+def spread(finals: list[tuple[float, float]], val_videos: int) -> tuple[float, float, float]:
+    """The full study's utility range and leakage range across its trials, and one binomial
+    standard error of a top-1 accuracy near their mean utility on ``val_videos`` videos: a
+    utility range within a few standard errors means the trials differ in utility by noise
+    alone, so which of them makes the front, and so the final hypervolume, is decided by a
+    video or two."""
+    utilities, leakages = zip(*finals)
     p = statistics.fmean(utilities)
-    return max(utilities) - min(utilities), (p * (1 - p) / max(1, val_videos)) ** 0.5
+    return (max(utilities) - min(utilities), max(leakages) - min(leakages),
+            (p * (1 - p) / max(1, val_videos)) ** 0.5)
 
 
 def main_studies(args: argparse.Namespace) -> None:
@@ -165,9 +167,9 @@ def main_studies(args: argparse.Namespace) -> None:
     # The same sampler in both arms: the random start-up the full study's size gives it (by
     # default it would grow with the MO-ASHA arm's larger trial count).
     startup = default_startup_trials(args.trials)
-    fractions, epoch_fractions, pruned_total, full_hv, asha_hv, spreads = [], [], 0, [], [], []
+    fractions, epoch_fractions, pruned_total, full_hv, asha_hv = [], [], 0, [], []
+    utility_ranges, standard_errors = [], []
     val_videos = len(cache.video_indices("val", with_action=True))  # what top-1 is measured on: no images
-    standard_error = float("nan")
     for sampler in args.samplers:
         for seed in args.seeds:
             full, _, full_epochs, full_finals = run_study(f"full-{sampler}-{seed}", workdir / "studies", cache.path, sampler, seed,
@@ -178,15 +180,16 @@ def main_studies(args: argparse.Namespace) -> None:
             fractions.append(fraction)
             epoch_fractions.append(compute_fraction(asha_epochs, full_epochs))
             pruned_total += pruned
-            spread, standard_error = utility_spread(full_finals, val_videos)
-            spreads.append(spread)
+            utility_range, leakage_range, standard_error = spread(full_finals, val_videos)
+            utility_ranges.append(utility_range)
+            standard_errors.append(standard_error)
             full_hv.append(full[-1][1])
             asha_hv.append(asha[-1][1])
             print(f"{sampler} seed {seed}: full hv {full[-1][1]:.4f} in {full[-1][0]:.0f}s ({args.trials} trials); "
                   f"mo-asha hv {asha[-1][1]:.4f} in {asha[-1][0]:.0f}s ({asha_trials} trials, {pruned} pruned); "
                   f"compute fraction {fraction:.3f} (in trained epochs {epoch_fractions[-1]:.3f}); "
-                  f"full utility range {spread:.3f} (binomial s.e. {standard_error:.3f} on {val_videos} val videos), "
-                  f"leakage range {max(l for _, l in full_finals) - min(l for _, l in full_finals):.3f}", flush=True)
+                  f"full utility range {utility_range:.3f} (binomial s.e. {standard_error:.3f} on {val_videos} val "
+                  f"videos), leakage range {leakage_range:.3f}", flush=True)
     finite = [f for f in fractions if f != float("inf")]
     print(f"mode=study samplers={','.join(args.samplers)} seeds={len(args.seeds)} trials={args.trials} "
           f"asha_trials={asha_trials} startup_trials={startup} space={args.space} epochs={args.epochs} min_epochs={args.min_epochs} "
@@ -195,7 +198,8 @@ def main_studies(args: argparse.Namespace) -> None:
           f"compute_fraction_max={max(fractions):.3f} reached={len(finite)}/{len(fractions)} "
           f"compute_fraction_epochs_median={statistics.median(epoch_fractions):.3f} "
           f"full_hv_median={statistics.median(full_hv):.4f} asha_hv_median={statistics.median(asha_hv):.4f} "
-          f"utility_range_median={statistics.median(spreads):.3f} utility_se={standard_error:.3f} "
+          f"utility_range_median={statistics.median(utility_ranges):.3f} "
+          f"utility_se={statistics.median(standard_errors):.3f} "
           f"pruned={pruned_total} seconds={time.perf_counter() - started:.0f} workdir={workdir}")
 
 
