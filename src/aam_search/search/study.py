@@ -72,10 +72,9 @@ def make_sampler(config: StudyConfig, grid: dict[str, list] | None) -> optuna.sa
         # Stacked trials are asked together: the liar keeps TPE from proposing one point K times.
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.sampler_startup,
                                           constant_liar=config.stack > 1)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, config.n_trials // 3)))
-    if name == "nsga3":
-        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=max(4, min(20, config.n_trials // 3)))
+    if name in ("nsga2", "nsga3"):
+        genetic = optuna.samplers.NSGAIISampler if name == "nsga2" else optuna.samplers.NSGAIIISampler
+        return genetic(seed=seed, population_size=max(4, min(20, config.n_trials // 3)))
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=config.sampler_startup)
     if name == "random":
