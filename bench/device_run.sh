@@ -49,9 +49,10 @@ fi
 # The random cache bench/throughput.py makes (and reuses), made here first for the step bench.
 "$PY" - "$WORK/throughput/cache-$scale" "$scale" > "$OUT/cache.log" 2>&1 <<'EOF'
 import sys
+from pathlib import Path
 from throughput import SCALES, random_cache
 scale = SCALES[sys.argv[2]]
-cache = random_cache(__import__("pathlib").Path(sys.argv[1]), scale["videos"], scale["tokens"], scale["dim"], scale["actions"])
+cache = random_cache(Path(sys.argv[1]), scale["videos"], scale["tokens"], scale["dim"], scale["actions"])
 print(cache.path, cache.num_videos, cache.tokens, cache.dim)
 EOF
 tail -n 1 "$OUT/cache.log"
