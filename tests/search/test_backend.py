@@ -108,19 +108,29 @@ def _option(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
 
 
-def test_trial_command_launches_gpu_trials_with_accelerate(tmp_path):
+def test_trial_command_runs_a_one_gpu_trial_directly(tmp_path):
     one = trial_command(tmp_path / "t.yaml", tmp_path, Slot([3], 4, 29507), deepspeed=False)
-    assert one[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
-    assert _option(one, "--main_process_port") == "29507"
-    assert _option(one, "--num_processes") == "1"
-    assert "--use_deepspeed" not in one and "--multi_gpu" not in one
-    # The training command comes after the launcher's options.
-    assert one.index("--main_process_port") < one.index("aam_search.cli")
+    assert one[:4] == [sys.executable, "-m", "aam_search.cli", "train"]
+    assert "accelerate.commands.launch" not in one
+    # Under DeepSpeed the same slot still goes through the launcher.
+    with_deepspeed = trial_command(tmp_path / "t.yaml", tmp_path, Slot([3], 4, 29507), deepspeed=True)
+    assert with_deepspeed[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert _option(with_deepspeed, "--num_processes") == "1"
+    assert _option(with_deepspeed, "--mixed_precision") == "bf16"
+    assert "--use_deepspeed" in with_deepspeed and "--multi_gpu" not in with_deepspeed
 
-    two = trial_command(tmp_path / "t.yaml", tmp_path, Slot([0, 1], 4, 29508), deepspeed=True)
+
+def test_trial_command_launches_multi_gpu_trials_with_accelerate(tmp_path):
+    two = trial_command(tmp_path / "t.yaml", tmp_path, Slot([0, 1], 4, 29508), deepspeed=False)
+    assert two[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert _option(two, "--num_processes") == "2"
     assert _option(two, "--main_process_port") == "29508"
-    assert "--multi_gpu" in two and "--use_deepspeed" in two
+    assert "--multi_gpu" in two and "--use_deepspeed" not in two
+    # The training command comes after the launcher's options.
+    assert two.index("--main_process_port") < two.index("aam_search.cli")
+
+    with_deepspeed = trial_command(tmp_path / "t.yaml", tmp_path, Slot([0, 1], 4, 29508), deepspeed=True)
+    assert "--multi_gpu" in with_deepspeed and "--use_deepspeed" in with_deepspeed
 
 
 def test_trial_command_uses_the_launcher_for_deepspeed_on_cpu(tmp_path):

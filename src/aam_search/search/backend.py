@@ -1,7 +1,8 @@
 """The trial backend: starts, watches and stops trial processes on this machine's devices.
 
 Each trial is ``aam-search train --config trial.yaml --out DIR`` in a child process: under
-``accelerate launch`` when it gets GPUs (or a DeepSpeed config), directly on CPU. Children get
+``accelerate launch`` when it gets several GPUs (or a DeepSpeed config), directly on CPU or one
+GPU. Children get
 a clean environment (no leftover MLflow run, Accelerate or torch.distributed variables, no
 store credentials), their
 own devices and main-process port, and their output goes to ``DIR/trial.log``.
@@ -208,10 +209,15 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 def trial_command(config_path: Path, out_dir: Path, slot: Slot, deepspeed: bool,
                   train_args: list[str] | None = None) -> list[str]:
-    """The trial's command line; ``train_args`` replace ``train --config --out`` (a stack)."""
+    """The trial's command line; ``train_args`` replace ``train --config --out`` (a stack).
+
+    One process (CPU or one GPU, no DeepSpeed) runs the trainer directly: the launcher would
+    only start a second Python that imports torch (about 2 s a trial) to set variables the
+    trainer does not need (it picks bf16 on CUDA itself, ``runtime.make_accelerator``).
+    """
     train = ["-m", "aam_search.cli",
              *(train_args or ["train", "--config", str(config_path), "--out", str(out_dir)])]
-    if not slot.gpus and not deepspeed:
+    if len(slot.gpus) <= 1 and not deepspeed:
         return [sys.executable, *train]
     launch = [sys.executable, "-m", "accelerate.commands.launch",
               "--num_processes", str(max(1, len(slot.gpus))),
