@@ -145,6 +145,11 @@ class TaskHeads(nn.Module):
         self._keys = {task: _head_key(task) for task in num_classes}
         self.heads = nn.ModuleDict({self._keys[t]: nn.Linear(dim, c) for t, c in num_classes.items()})
 
+    @property
+    def keys_by_task(self) -> dict[str, str]:
+        """Each task's key in ``heads`` (its parameters are ``heads.<key>.weight`` / ``.bias``)."""
+        return dict(self._keys)
+
     def forward(self, tokens: Tensor) -> dict[str, Tensor]:
         pooled = mean_pool(tokens)
         return {task: self.heads[key](pooled) for task, key in self._keys.items()}

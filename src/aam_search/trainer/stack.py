@@ -1,5 +1,7 @@
 """Stacked trials: K AAM members that differ only in per-member scalars, trained as one
-vmapped model (``torch.func.stack_module_state`` + ``functional_call`` + ``vmap``).
+stacked model: their parameters as ``[K, ...]`` tensors (``torch.func.stack_module_state``),
+run forward as batched matmuls (``stacked_forward``), each member's loss terms vmapped, and
+one ``autograd.grad`` for all.
 
 What may differ between members (``stack_problem`` / ``STACK_SHAPE_FIELDS`` say what may not):
 the loss weights w_lc, w_task, w_privacy and task weights, the NT-Xent temperature, the lr
@@ -23,14 +25,14 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.func import functional_call, grad, stack_module_state, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.func import stack_module_state, vmap
 
 from aam_search.trainer.config import TrialConfig
 from aam_search.trainer.losses import latent_consistency, masked_nt_xent, task_loss, total_loss
 from aam_search.trainer.member_optim import ADAM_BETAS, ADAM_EPS
 from aam_search.trainer.model import mean_pool
 from aam_search.trainer.objective import AAMObjective
+from aam_search.trainer.stacked_forward import adapter_forward, heads_forward
 
 # Dotted trial-config fields that must be equal across a stack (a prefix covers its subfields).
 STACK_SHAPE_FIELDS = (
@@ -98,29 +100,36 @@ class StackedAAM:
         self.first = {k: torch.zeros_like(v) for k, v in self.params.items()}
         self.second = {k: torch.zeros_like(v) for k, v in self.params.items()}
         self.steps = 0
-        self._grad = vmap(grad(self._member_loss, has_aux=True), in_dims=(0, 0, None), randomness="different")
-        self._grad_batched = vmap(grad(self._member_loss, has_aux=True), in_dims=(0, 0, 0), randomness="different")
 
     def __len__(self) -> int:
         return len(self.configs)
 
-    def _member_loss(self, params: dict[str, Tensor], scalars: dict[str, Any], batch: dict[str, Any]):
-        clips, static_a, static_b = batch["clips"], batch["static_a"], batch["static_b"]
+    def _member_terms(self, adapted: Tensor, logits: dict[str, Tensor], scalars: dict[str, Any],
+                      batch: dict[str, Any]) -> dict[str, Tensor]:
+        """One member's loss terms (vmapped over members): its adapted views, its task logits."""
+        clips = batch["clips"]
         size = clips.shape[0]
-        adapter = {k[len("adapter."):]: v for k, v in params.items() if k.startswith("adapter.")}
-        heads = {k[len("heads."):]: v for k, v in params.items() if k.startswith("heads.")}
-        adapted = functional_call(self.adapter_base, adapter, (torch.cat([clips, static_a, static_b]),))
-        adapted_clips = adapted[:size]
-        l_lc = latent_consistency(adapted_clips, clips)
-        logits = functional_call(self.heads_base, heads, (adapted_clips,))
+        l_lc = latent_consistency(adapted[:size], clips)
         l_task, per_task = task_loss(logits, batch["targets"], scalars["task_weights"])
         l_privacy = masked_nt_xent(mean_pool(adapted[size : 2 * size]), mean_pool(adapted[2 * size :]),
                                    batch["pair_mask"], scalars["temperature"])
         weights = SimpleNamespace(lc=scalars["w_lc"], task=scalars["w_task"], privacy=scalars["w_privacy"])
-        loss = total_loss(l_lc, l_task, l_privacy, weights)
-        out = {"loss": loss, "l_lc": l_lc, "l_task": l_task, "l_privacy": l_privacy}
+        out = {"loss": total_loss(l_lc, l_task, l_privacy, weights), "l_lc": l_lc, "l_task": l_task,
+               "l_privacy": l_privacy}
         out.update({f"l_task/{name}": value for name, value in per_task.items()})
-        return loss, out
+        return out
+
+    def _losses(self, params: dict[str, Tensor], batch: dict[str, Any], batched: bool) -> dict[str, Tensor]:
+        """Every member's ``[K]`` loss terms, differentiable in ``params``."""
+        adapter = {k[len("adapter."):]: v for k, v in params.items() if k.startswith("adapter.")}
+        heads = {k[len("heads."):]: v for k, v in params.items() if k.startswith("heads.")}
+        views = torch.cat([batch["clips"], batch["static_a"], batch["static_b"]], dim=-3)
+        if not batched:  # one batch for all members
+            views = views.expand(len(self), *views.shape)
+        adapted = adapter_forward(self.adapter_base, adapter, views, self.adapter_base.training)
+        logits = heads_forward(self.heads_base, heads, adapted[:, : batch["clips"].shape[-3]])
+        terms = vmap(self._member_terms, in_dims=(0, 0, 0, 0 if batched else None))
+        return terms(adapted, logits, self.scalars, batch)
 
     def train(self, training: bool = True) -> None:
         self.adapter_base.train(training)
@@ -129,10 +138,10 @@ class StackedAAM:
     def step(self, batch: dict[str, Any], lrs: list[float], batched: bool) -> dict[str, Tensor]:
         """One AdamW step of every member on its batch (``batched``: ``[K, B, ...]`` inputs, one
         per member; else one batch shared); returns ``[K]`` loss terms, on the device."""
-        # The fused attention kernels have no vmap batching rule (vmap would loop over members);
-        # the math kernel's matmuls and softmax batch, and at a few tokens attention is cheap.
-        with sdpa_kernel([SDPBackend.MATH]):
-            grads, out = (self._grad_batched if batched else self._grad)(self.params, self.scalars, batch)
+        leaves = {name: value.detach().requires_grad_() for name, value in self.params.items()}
+        out = self._losses(leaves, batch, batched)
+        # A member's loss depends on its own slices only, so the sum's gradient is each member's.
+        grads = dict(zip(leaves, torch.autograd.grad(out["loss"].sum(), list(leaves.values()))))
         clip = torch.tensor([c.optim.grad_clip or math.inf for c in self.configs], device=self.device)
         squares = sum(g.detach().float().pow(2).flatten(1).sum(1) for g in grads.values())
         # torch.nn.utils.clip_grad_norm_'s rule, per member
@@ -142,20 +151,31 @@ class StackedAAM:
 
     @torch.no_grad()
     def _adamw(self, grads: dict[str, Tensor], coef: Tensor, lrs: Tensor) -> None:
-        """torch.optim.AdamW's single-tensor update, with a learning rate and weight decay per member."""
+        """torch.optim.AdamW's single-tensor update, with a learning rate and weight decay per
+        member: the same operations in the same order, as multi-tensor (foreach) calls over all
+        parameters, so the host issues a few calls a step rather than a few per parameter."""
         beta1, beta2 = ADAM_BETAS
         self.steps += 1
         correction1 = 1 - beta1 ** self.steps
         correction2 = math.sqrt(1 - beta2 ** self.steps)
         decay = torch.tensor([c.optim.weight_decay for c in self.configs], device=self.device)
-        for name, param in self.params.items():
-            shape = (-1,) + (1,) * (param.dim() - 1)
-            g = grads[name] * coef.view(shape)
-            param.mul_((1 - lrs * decay).view(shape))
-            self.first[name].lerp_(g, 1 - beta1)
-            self.second[name].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            denom = (self.second[name].sqrt() / correction2).add_(ADAM_EPS)
-            param.sub_(self.first[name] / denom * (lrs / correction1).view(shape))
+        names = list(self.params)
+        params, first, second = ([state[n] for n in names] for state in (self.params, self.first, self.second))
+
+        def per_member(values: Tensor) -> list[Tensor]:  # a [K] value broadcast over each parameter
+            return [values.view((-1,) + (1,) * (p.dim() - 1)) for p in params]
+
+        g = torch._foreach_mul([grads[n] for n in names], per_member(coef))
+        torch._foreach_mul_(params, per_member(1 - lrs * decay))
+        torch._foreach_lerp_(first, g, 1 - beta1)
+        torch._foreach_mul_(second, beta2)
+        torch._foreach_addcmul_(second, g, g, value=1 - beta2)
+        denom = torch._foreach_sqrt(second)
+        torch._foreach_div_(denom, correction2)
+        torch._foreach_add_(denom, ADAM_EPS)
+        update = torch._foreach_div(first, denom)
+        torch._foreach_mul_(update, per_member(lrs / correction1))
+        torch._foreach_sub_(params, update)
 
     def keep(self, members: list[int]) -> None:
         """Cut the stack down to ``members`` (positions), e.g. without a diverged one."""
