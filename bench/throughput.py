@@ -9,6 +9,9 @@
       trials per hour and seconds per trial with evaluation included (training from the
       stacked step, evaluation and set-up from the measured single trial); and a real
       stacked study, whose wall time against (b) is ``stacked_speedup``.
+  (e) the launch floor: one trial's step and the stacked step (K = 1 and 8) at shapes with
+      next to no arithmetic (D=16, batch 4, L=2), so the time is the host's (Python, dispatch,
+      kernel launches): what a GPU's step cannot go under however fast its kernels are.
 
 Features are random tensors of the right shapes in a real cache folder, so no dataset is
 needed: paper scale is an HMDB51-like cache (3.2k train videos, L=8, D=768, batch 512, a
@@ -25,6 +28,7 @@ the first study, so no arm pays for them (a study does it once either way). The 
 
     .venv/bin/python bench/throughput.py --smoke --workdir work/bench-throughput
     .venv/bin/python bench/throughput.py --workdir work/bench-throughput   # on a GPU
+    .venv/bin/python bench/throughput.py --smoke --steps-only --stacks 1,4   # step timings only, ~20 s
 """
 
 from __future__ import annotations
@@ -184,6 +188,21 @@ def stacked_step(config: TrialConfig, cache: FeatureCache, device: torch.device,
     return {"step_s": seconds, "peak_mib": peak / 2**20}
 
 
+# (e): shapes at which a step does next to no arithmetic, so its time is the host's: Python,
+# dispatch and kernel launches, the floor a fast GPU's step cannot go under.
+FLOOR = dict(videos=60, tokens=2, dim=16, actions=3, batch=4, k=8, steps=50)
+
+
+def launch_floor(workdir: Path, device: torch.device) -> dict[str, float]:
+    """(e) one trial's step and the stacked step (K = 1 and ``FLOOR['k']``) at ``FLOOR`` shapes."""
+    cache = random_cache(workdir / "cache-floor", FLOOR["videos"], FLOOR["tokens"], FLOOR["dim"], FLOOR["actions"])
+    config = TrialConfig.model_validate({"cache": str(cache.path), "optim": {"batch_size": FLOOR["batch"]}})
+    out = {"floor_step_ms": round(physical_limit(config, cache, device, FLOOR["steps"])["step_ms"], 2)}
+    for k in (1, FLOOR["k"]):
+        out[f"floor_stacked_ms_k{k}"] = round(stacked_step(config, cache, device, k, FLOOR["steps"])["step_s"] * 1e3, 2)
+    return out
+
+
 def warm_heads(config: TrialConfig, cache: FeatureCache) -> str:
     """The study's task heads pre-trained into the cache once, before any arm is timed."""
     heads = TaskHeads(cache.dim, cotrained_tasks(cache, config.eval.unseen_tasks))
@@ -216,6 +235,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="demo scale on a CPU, under 3 minutes")
     parser.add_argument("--trials", type=int, default=None, help="trials per study (default 3 smoke, 8 full)")
     parser.add_argument("--stacks", default="1,2,4,8,16,32")
+    parser.add_argument("--steps-only", action="store_true",
+                        help="only the step timings, (a), (e) and (d)'s stacked steps: no studies")
     parser.add_argument("--parallel", default=None, help="concurrent trial processes for (c) (default 2 smoke, 2,4 full)")
     parser.add_argument("--cores", type=int, default=None,
                         help="pin this run and its trials to N cores (smoke default 1: on a shared 2-core box two "
@@ -244,6 +265,21 @@ def main() -> None:
     out.update(limit_step_ms=round(limit["step_ms"], 2), limit_tflops=round(limit["tflops"], 3),
                limit_train_s=round(limit["step_ms"] * budget.total_steps / 1e3, 2))
     print(f"(a) sync-free step {limit['step_ms']:.2f} ms, {limit['tflops']:.3f} TFLOP/s", flush=True)
+
+    floor = launch_floor(args.workdir, device)
+    out.update(floor)
+    widest = floor[f"floor_stacked_ms_k{FLOOR['k']}"]
+    print(f"(e) launch floor (D={FLOOR['dim']}, batch {FLOOR['batch']}, L={FLOOR['tokens']}: next to no compute): "
+          f"one trial's step {floor['floor_step_ms']} ms; stacked step, K=1 {floor['floor_stacked_ms_k1']} ms, "
+          f"K={FLOOR['k']} {widest} ms", flush=True)
+
+    if args.steps_only:
+        for k in [int(k) for k in args.stacks.split(",") if k]:
+            step = stacked_step(config, cache, device, k, steps=10 if args.smoke else 20)
+            out[f"step_ms_k{k}"] = round(step["step_s"] * 1e3, 1)
+            print(f"(d) K={k}: step {out[f'step_ms_k{k}']} ms", flush=True)
+        print(" ".join(f"{key}={value}" for key, value in out.items()))
+        return
 
     single_s, timings = run_study(cache, args.workdir, "one-at-a-time", scale["trial"], n_trials)
     per_trial_eval = float(np.mean([t.get("eval_s", 0.0) for t in timings]))
