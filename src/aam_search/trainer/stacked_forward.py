@@ -18,13 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aam_search.trainer.model import AnonymizingAdapter, TaskHeads
+from aam_search.trainer.model import AnonymizingAdapter, TaskHeads, mean_pool
 
 
-def stacked_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def stacked_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """``[K, R, I] -> [K, R, O]``: member k's rows through ``nn.Linear`` with weight ``[O, I]``."""
-    if bias is None:
-        return torch.bmm(x, weight.transpose(1, 2))
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
@@ -76,7 +74,7 @@ def adapter_forward(base: AnonymizingAdapter, params: dict[str, Tensor], tokens:
 
 def heads_forward(base: TaskHeads, params: dict[str, Tensor], tokens: Tensor) -> dict[str, Tensor]:
     """``[K, N, L, D] ->`` each task's ``[K, N, classes]`` logits on mean-pooled tokens."""
-    pooled = tokens.mean(dim=2)
+    pooled = mean_pool(tokens.flatten(0, 1)).unflatten(0, tokens.shape[:2])
     return {task: stacked_linear(pooled, params[f"heads.{key}.weight"], params[f"heads.{key}.bias"])
             for task, key in base.keys_by_task.items()}
 
