@@ -2,10 +2,9 @@
 
 Each trial is ``aam-search train --config trial.yaml --out DIR`` in a child process: under
 ``accelerate launch`` when it gets several GPUs (or a DeepSpeed config), directly on CPU or one
-GPU. Children get
-a clean environment (no leftover MLflow run, Accelerate or torch.distributed variables, no
-store credentials), their
-own devices and main-process port, and their output goes to ``DIR/trial.log``.
+GPU. Children get a clean environment (no leftover MLflow run, Accelerate or torch.distributed
+variables, no store credentials), their own devices and main-process port, and their output
+goes to ``DIR/trial.log``.
 """
 
 from __future__ import annotations
