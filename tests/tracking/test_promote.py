@@ -14,7 +14,7 @@ import aam_search
 from aam_search.search.orchestrator import trial_out_dir
 from aam_search.search.study import StudyNotFound
 from aam_search.tracking.errors import PromotionError
-from aam_search.tracking.promote import promote
+from aam_search.tracking.promote import _check_alias, promote
 from aam_search.tracking.store import fluent_uri, model_name
 from aam_search.trainer.checkpoint import load_checkpoint
 
@@ -147,6 +147,28 @@ def test_failed_promotions_leave_the_registry_alone(tracked, promoted, tmp_path)
         promote("tiny", storage=tracked.storage, trial=0, alias="latest")
     assert versions(tracked) == before
     assert tracked.client().get_model_version_by_alias(NAME, "champion").version == alias_before
+
+
+@pytest.mark.parametrize("alias", ["best", "staging-2", "A_b", "v1x", "latest2", "x" * 255,
+                                   "latest", "LATEST", "v3", "V12", "", "two words", "a/b", "x" * 256])
+def test_the_alias_rule_is_mlflows(tracked, promoted, alias):
+    """Our copy of MLflow's alias rule (its validators are private) says what the registry says."""
+    client = tracked.client()
+    try:
+        _check_alias(alias)
+        ours = True
+    except PromotionError:
+        ours = False
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_registered_model_alias(NAME, alias, promoted[0].version)
+        theirs = True
+    except MlflowException:
+        theirs = False
+    if theirs:
+        client.delete_registered_model_alias(NAME, alias)
+    assert ours == theirs
 
 
 def test_a_cache_changed_since_extraction_is_never_promoted(tracked, promoted, small_cache, tmp_path):

@@ -12,6 +12,7 @@ failed promotion leaves the registry as it was.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -200,15 +201,19 @@ def promote(
                      alias=alias, run_id=run_id, tracking_uri=uri, test_metrics=test_metrics)
 
 
-def _check_alias(alias: str) -> None:
-    from mlflow.exceptions import MlflowException
-    from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
+# MLflow's rule for a registered model alias, written out here: its validators are private and
+# were renamed in MLflow 3.18 (``_validate_model_alias_name`` -> ``_validate_alias_name``).
+ALIAS_PATTERN = re.compile(r"[\w\-]{1,255}")
+RESERVED_ALIAS = re.compile(r"latest|v\d+", re.IGNORECASE)
 
-    try:
-        _validate_model_alias_name(alias)
-        _validate_model_alias_name_reserved(alias)
-    except MlflowException as error:
-        raise PromotionError(f"alias {alias!r} cannot be used: {error.message}") from None
+
+def _check_alias(alias: str) -> None:
+    if not ALIAS_PATTERN.fullmatch(alias):
+        raise PromotionError(f"alias {alias!r} cannot be used: an alias is 1 to 255 letters, digits, "
+                             "underscores (_) or dashes (-)")
+    if RESERVED_ALIAS.fullmatch(alias):
+        raise PromotionError(f"alias {alias!r} cannot be used: MLflow reserves 'latest' and version "
+                             "names such as 'v3'")
 
 
 def _now_ms() -> int:
