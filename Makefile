@@ -13,16 +13,21 @@ TORCHVISION_PIN ?= torchvision==0.28.0
 TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# The versions of everything but torch/torchvision that the suite last passed with (`make lock`
+# writes it). Set-up installs exactly these, so an upstream release cannot change what CI runs;
+# pyproject keeps open ranges for `pip install aam-search`. `make setup CONSTRAINTS=` lifts it.
+CONSTRAINTS ?= constraints.txt
+CONSTRAIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 DEMO_DIR ?= work/demo
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test lock clean
 
 setup: $(VENV)/.installed
 
 # A torch already importable by $(PYTHON) (say a CUDA build on a GPU machine) is kept by
 # letting the venv see the system site-packages; otherwise the pinned CPU wheel is installed,
 # so pip never resolves a bare `torch` to several GB of CUDA packages.
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	@if $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
 		echo "keeping the torch of $(PYTHON): $$($(PYTHON) -c 'import torch; print(torch.__version__)')"; \
 		$(PYTHON) -m venv --system-site-packages $(VENV); \
@@ -36,9 +41,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchvision') is None)" || \
 		$(PIP) install -q torchvision "torch==$$($(PY) -c 'import torch; print(torch.__version__)')" || \
 		echo "no torchvision matches this torch: the torchvision encoders (r3d_18, ...) are unavailable"
-	$(PIP) install -q -e ".[dev,transformers]"
+	$(PIP) install -q $(CONSTRAIN) -e ".[dev,transformers]"
 	# DeepSpeed ships only an sdist: build it against the torch above, never an isolated one.
-	$(PIP) install -q --no-build-isolation "deepspeed>=0.14"
+	$(PIP) install -q --no-build-isolation $(CONSTRAIN) "deepspeed>=0.14"
 	@touch $@
 
 demo: setup
@@ -46,6 +51,12 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Refresh the constraints from this venv: upgrade (`$(PIP) install -U -e ".[dev,transformers]"`),
+# pass `make test`, then lock. torch and torchvision stay the Makefile's pins above, and what a
+# CUDA torch brings (nvidia-*, triton) is left to it.
+lock:
+	$(PIP) freeze --exclude-editable | grep -v -i -E '^(torch|torchvision|nvidia-.*|triton|pyflakes)==' > $(CONSTRAINTS)
 
 clean:
 	rm -rf $(VENV) work
