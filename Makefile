@@ -52,11 +52,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Refresh the constraints from this venv: upgrade (`$(PIP) install -U -e ".[dev,transformers]"`),
-# pass `make test`, then lock. torch and torchvision stay the Makefile's pins above, and what a
-# CUDA torch brings (nvidia-*, triton) is left to it.
+# Refresh the constraints: build a venv of the newest releases (`rm -rf $(VENV) && make setup
+# CONSTRAINTS=`), pass `make test`, then lock. torch and torchvision stay the Makefile's pins
+# above; what a CUDA torch brings (nvidia-*, triton) and a kept system torch's site-packages
+# (--local) are left out.
 lock:
-	$(PIP) freeze --exclude-editable | grep -v -i -E '^(torch|torchvision|nvidia-.*|triton|pyflakes)==' > $(CONSTRAINTS)
+	$(PIP) freeze --local --exclude-editable | grep -v -i -E '^(torch|torchvision|nvidia-.*|triton|pyflakes)==' > $(CONSTRAINTS)
 
 clean:
 	rm -rf $(VENV) work
